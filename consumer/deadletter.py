@@ -1,0 +1,60 @@
+"""Invalid messages to the dead-letter topic: original key, value and headers, plus why.
+
+Headers added: dlq-reason, dlq-detail, dlq-source-topic, dlq-source-partition,
+dlq-source-offset. A failed produce is counted and logged, never retried
+forever: the message is still counted as invalid, so it is not lost silently.
+"""
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+from aiokafka import AIOKafkaProducer
+
+from consumer.decode import Invalid
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: tuple[tuple[str, bytes], ...]
+    invalid: Invalid
+
+
+def dlq_headers(r: Rejected) -> list[tuple[str, bytes]]:
+    return [
+        *r.headers,
+        ("dlq-reason", r.invalid.reason.value.encode()),
+        ("dlq-detail", r.invalid.detail[:1024].encode("utf-8", "replace")),
+        ("dlq-source-topic", r.topic.encode()),
+        ("dlq-source-partition", str(r.partition).encode()),
+        ("dlq-source-offset", str(r.offset).encode()),
+    ]
+
+
+class DeadLetter:
+    def __init__(self, producer: AIOKafkaProducer, topic: str) -> None:
+        self._producer = producer
+        self.topic = topic
+
+    async def send_all(self, rejected: list[Rejected]) -> tuple[int, int]:
+        """Produce every rejected message and wait for the acks; returns (sent, failed)."""
+        futures = [
+            await self._producer.send(self.topic, value=r.value, key=r.key, headers=dlq_headers(r))
+            for r in rejected
+        ]
+        results = await asyncio.gather(*futures, return_exceptions=True)
+        failed = 0
+        for r, result in zip(rejected, results, strict=True):
+            if isinstance(result, BaseException):
+                failed += 1
+                log.error("dead-letter produce failed", extra={
+                    "topic": r.topic, "partition": r.partition, "offset": r.offset,
+                    "error": repr(result)})
+        return len(rejected) - failed, failed

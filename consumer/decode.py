@@ -1,0 +1,63 @@
+"""Bytes of one Kafka record value to a session event, or the reason it is not one.
+
+Pure: knows nothing of Kafka, metrics or logging. The reasons are a small fixed
+set because they become label values of `session_consumer_invalid_total`.
+"""
+
+from enum import StrEnum
+from typing import Final
+
+import msgspec
+
+from schemas import CreateSessionResponseBody
+
+
+class Reason(StrEnum):
+    TOO_LARGE = "too_large"
+    NOT_UTF8 = "not_utf8"
+    MALFORMED_JSON = "malformed_json"
+    NOT_AN_OBJECT = "not_an_object"
+    MISSING_FIELD = "missing_field"
+    WRONG_TYPE = "wrong_type"
+    OUT_OF_RANGE = "out_of_range"
+    INVALID_TIMESTAMP = "invalid_timestamp"
+    INVALID_VALUE = "invalid_value"
+
+
+class Invalid(msgspec.Struct, frozen=True):
+    reason: Reason
+    detail: str
+    """msgspec's message, e.g. "Expected `float` >= 0.0 - at `$.billing.totalCost`"."""
+
+
+_DECODER: Final = msgspec.json.Decoder(CreateSessionResponseBody)
+
+
+def decode(value: bytes, max_bytes: int) -> CreateSessionResponseBody | Invalid:
+    if len(value) > max_bytes:
+        return Invalid(Reason.TOO_LARGE, f"value is {len(value)} bytes, limit is {max_bytes}")
+    try:
+        return _DECODER.decode(value)
+    # ValidationError subclasses DecodeError, so it must be caught first.
+    except msgspec.ValidationError as exc:
+        return Invalid(classify(str(exc)), str(exc))
+    except msgspec.DecodeError as exc:
+        return Invalid(Reason.MALFORMED_JSON, str(exc))
+    except UnicodeDecodeError as exc:
+        # msgspec lets this escape for invalid UTF-8 inside a JSON string.
+        return Invalid(Reason.NOT_UTF8, str(exc))
+
+
+def classify(message: str) -> Reason:
+    """Map a msgspec validation message to a reason (messages are stable msgspec API text)."""
+    if message.startswith("Object missing required field"):
+        return Reason.MISSING_FIELD
+    if message.startswith("Expected `object`") and " - at `$" not in message:
+        return Reason.NOT_AN_OBJECT
+    if "RFC3339" in message or "timezone" in message:
+        return Reason.INVALID_TIMESTAMP
+    if "out of range" in message or ">=" in message or "<=" in message:
+        return Reason.OUT_OF_RANGE
+    if ", got `" in message:
+        return Reason.WRONG_TYPE
+    return Reason.INVALID_VALUE

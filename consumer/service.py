@@ -1,0 +1,38 @@
+"""Wire a Worker and the HTTP server together for the lifetime of one run."""
+
+import asyncio
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+
+from consumer.http import HttpServer, Probes, make_app
+from consumer.settings import Settings
+from consumer.worker import Worker
+
+log = logging.getLogger(__name__)
+
+
+async def serve(settings: Settings, *,
+                on_started: Callable[[Worker, HttpServer], Awaitable[None]] | None = None,
+                handle_signals: bool = True) -> None:
+    """Run until SIGTERM/SIGINT (or `worker.stop()`): drain, commit, close."""
+    worker = Worker(settings=settings)
+    app = make_app(worker.metrics.registry, Probes(healthy=worker.healthy,
+                                                   ready=lambda: worker.ready))
+    server = HttpServer(app, settings.metrics_host, settings.metrics_port)
+    await server.start()
+    log.info("http server listening", extra={"host": settings.metrics_host, "port": server.port})
+    loop = asyncio.get_running_loop()
+    if handle_signals:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            # The handler only flips state; the worker drains and commits.
+            loop.add_signal_handler(sig, worker.stop)
+    try:
+        if on_started is not None:
+            await on_started(worker, server)
+        await worker.run()
+    finally:
+        if handle_signals:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+        await server.stop()

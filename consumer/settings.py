@@ -1,0 +1,302 @@
+"""Configuration: one frozen Settings object built once from flags and environment.
+
+This is the only module that reads `os.environ`. Every option has a flag and an
+environment twin (`--metrics-port` / `SESSION_METRICS_METRICS_PORT`); a flag
+wins over the environment, which wins over the default. Every value is checked
+here, before anything connects, and a bad one raises ConfigError with a single
+line naming the setting.
+"""
+
+import argparse
+import math
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "SESSION_METRICS_"
+
+SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+
+DEFAULT_DURATION_BUCKETS = "1,5,10,30,60,120,300,600,1800,3600,7200,14400,43200,86400"
+DEFAULT_TOKENS_BUCKETS = "100,500,1000,2500,5000,10000,25000,50000,100000,250000,500000,1000000"
+DEFAULT_COST_BUCKETS = "0.001,0.005,0.01,0.05,0.1,0.5,1,5,10,50,100"
+
+
+class ConfigError(Exception):
+    """A bad setting; str() is the one line shown to the user."""
+
+
+# --- value parsers: each raises ValueError with a short reason -------------
+
+
+def _int_range(low: int, high: int | None = None) -> Callable[[str], int]:
+    def parse(raw: str) -> int:
+        value = int(raw)
+        if value < low or (high is not None and value > high):
+            upper = "" if high is None else f"..{high}"
+            raise ValueError(f"must be an integer in {low}{upper or '..'}")
+        return value
+
+    return parse
+
+
+def _positive_float(raw: str) -> float:
+    value = float(raw)
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError("must be a positive number")
+    return value
+
+
+def _choice(*allowed: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        value = raw.strip().upper() if allowed[0].isupper() else raw.strip().lower()
+        if value not in allowed:
+            raise ValueError(f"must be one of {', '.join(allowed)}")
+        return value
+
+    return parse
+
+
+def _text(raw: str) -> str:
+    value = raw.strip()
+    if not value:
+        raise ValueError("must not be empty")
+    return value
+
+
+def _topics(raw: str) -> tuple[str, ...]:
+    names = tuple(t.strip() for t in raw.split(",") if t.strip())
+    if not names:
+        raise ValueError("must name at least one topic")
+    for name in names:
+        _check_topic_name(name)
+    return names
+
+
+def _topic(raw: str) -> str:
+    return _check_topic_name(raw.strip())
+
+
+def _check_topic_name(name: str) -> str:
+    legal = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+    if not name or len(name) > 249 or name in {".", ".."} or not set(name) <= legal:
+        raise ValueError(f"{name!r} is not a legal Kafka topic name")
+    return name
+
+
+def _buckets(raw: str) -> tuple[float, ...]:
+    bounds = tuple(float(b) for b in raw.split(",") if b.strip())
+    if not bounds:
+        raise ValueError("must list at least one bucket bound")
+    if not all(math.isfinite(b) for b in bounds):
+        raise ValueError("bucket bounds must be finite (+Inf is always added)")
+    if any(b >= c for b, c in zip(bounds, bounds[1:], strict=False)):
+        raise ValueError("bucket bounds must be strictly increasing")
+    return bounds
+
+
+def _existing_file(raw: str) -> Path:
+    path = Path(raw.strip())
+    if not path.is_file():
+        raise ValueError(f"file {str(path)!r} does not exist")
+    return path
+
+
+def _bool(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in {"1", "true", "yes", "on"}:
+        return True
+    if value in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError("must be true or false")
+
+
+@dataclass(frozen=True)
+class Option:
+    name: str
+    parse: Callable[[str], Any]
+    default: str | None
+    help: str
+    flag_allowed: bool = True
+    """False for secrets: a flag would show in `ps` and shell history."""
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    @property
+    def env(self) -> str:
+        return ENV_PREFIX + self.name.upper()
+
+
+KAFKA_OPTIONS: tuple[Option, ...] = (
+    Option("bootstrap_servers", _text, None, "Kafka bootstrap servers, host:port[,host:port]"),
+    Option("client_id", _text, "session-metrics", "Kafka client id"),
+    Option("security_protocol", _choice(*SECURITY_PROTOCOLS), "PLAINTEXT", "Kafka security protocol"),
+    Option("sasl_mechanism", _choice(*SASL_MECHANISMS), None, "SASL mechanism (SASL_* protocols)"),
+    Option("sasl_username", _text, None, "SASL username"),
+    Option("sasl_username_file", _existing_file, None, "file holding the SASL username"),
+    Option("sasl_password", _text, None, "SASL password (environment only)", flag_allowed=False),
+    Option("sasl_password_file", _existing_file, None, "file holding the SASL password"),
+    Option("ssl_cafile", _existing_file, None, "CA bundle (PEM) to verify the brokers"),
+    Option("ssl_certfile", _existing_file, None, "client certificate (PEM) for mutual TLS"),
+    Option("ssl_keyfile", _existing_file, None, "client private key (PEM) for mutual TLS"),
+    Option("ssl_check_hostname", _bool, "true", "verify the broker's certificate hostname"),
+)
+
+RUN_OPTIONS: tuple[Option, ...] = (
+    Option("topic", _topics, None, "input topic(s), comma-separated"),
+    Option("group_id", _text, "session-metrics", "consumer group id"),
+    Option("auto_offset_reset", _choice("earliest", "latest"), "earliest",
+           "where a new group starts reading"),
+    Option("dlq_topic", _topic, None, "dead-letter topic for invalid messages (off when unset)"),
+    Option("metrics_host", _text, "0.0.0.0", "address the HTTP server binds"),
+    Option("metrics_port", _int_range(0, 65535), "8000", "port of /metrics, /healthz, /readyz"),
+    Option("max_series", _int_range(1), "10000", "most (workspace, project) pairs exported"),
+    Option("dedup_window", _int_range(0), "100000", "recent session ids remembered (0 = off)"),
+    Option("max_message_bytes", _int_range(1), "1048576", "larger values are invalid (too_large)"),
+    Option("max_batch_records", _int_range(1), "10000", "most records fetched per batch"),
+    Option("drain_timeout", _positive_float, "10", "seconds to finish the batch on SIGTERM"),
+    Option("session_timeout_ms", _int_range(1000), "10000", "Kafka group session timeout"),
+    Option("heartbeat_interval_ms", _int_range(100), "3000", "Kafka group heartbeat interval"),
+    Option("stall_timeout", _positive_float, "60", "/healthz fails when the loop is stuck this long"),
+    Option("duration_buckets", _buckets, DEFAULT_DURATION_BUCKETS,
+           "llm_session_duration_seconds buckets (seconds)"),
+    Option("tokens_buckets", _buckets, DEFAULT_TOKENS_BUCKETS,
+           "llm_session_tokens_per_session buckets"),
+    Option("cost_buckets", _buckets, DEFAULT_COST_BUCKETS, "llm_session_cost_per_session buckets"),
+    Option("log_level", _choice("debug", "info", "warning", "error"), "info", "log level"),
+)
+
+
+@dataclass(frozen=True)
+class KafkaSettings:
+    bootstrap_servers: str
+    client_id: str
+    security_protocol: str
+    sasl_mechanism: str | None
+    sasl_username: str | None
+    sasl_username_file: Path | None
+    sasl_password: str | None
+    sasl_password_file: Path | None
+    ssl_cafile: Path | None
+    ssl_certfile: Path | None
+    ssl_keyfile: Path | None
+    ssl_check_hostname: bool
+
+    def __repr__(self) -> str:  # never let the password reach a log line
+        return f"KafkaSettings(bootstrap_servers={self.bootstrap_servers!r}, ...)"
+
+
+@dataclass(frozen=True)
+class Settings:
+    kafka: KafkaSettings
+    topic: tuple[str, ...]
+    group_id: str
+    auto_offset_reset: str
+    dlq_topic: str | None
+    metrics_host: str
+    metrics_port: int
+    max_series: int
+    dedup_window: int
+    max_message_bytes: int
+    max_batch_records: int
+    drain_timeout: float
+    session_timeout_ms: int
+    heartbeat_interval_ms: int
+    stall_timeout: float
+    duration_buckets: tuple[float, ...]
+    tokens_buckets: tuple[float, ...]
+    cost_buckets: tuple[float, ...]
+    log_level: str
+
+
+def add_arguments(parser: argparse.ArgumentParser, options: Sequence[Option]) -> None:
+    """Add flags for `options`; values stay strings so flags and env share one parser."""
+    for opt in options:
+        if opt.flag_allowed:
+            default = f" (default: {opt.default})" if opt.default is not None else ""
+            parser.add_argument(opt.flag, dest=opt.name, metavar=opt.name.upper(),
+                                help=f"{opt.help}{default} [env {opt.env}]")
+
+
+def resolve(options: Sequence[Option], args: argparse.Namespace,
+            environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Parse every option from flag, else environment, else default."""
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for opt in options:
+        raw = getattr(args, opt.name, None) if opt.flag_allowed else None
+        source = opt.flag
+        if raw is None and opt.env in env:
+            raw, source = env[opt.env], opt.env
+        if raw is None:
+            raw, source = opt.default, "default"
+        try:
+            values[opt.name] = None if raw is None else opt.parse(raw)
+        except ValueError as exc:
+            shown = "<hidden>" if not opt.flag_allowed else repr(raw)
+            raise ConfigError(f"{opt.flag} / {opt.env}: {exc} (got {shown} from {source})") from None
+    return values
+
+
+def kafka_settings(args: argparse.Namespace, environ: Mapping[str, str] | None = None,
+                   ) -> KafkaSettings:
+    values = resolve(KAFKA_OPTIONS, args, environ)
+    _require(values, "bootstrap_servers")
+    settings = KafkaSettings(**values)
+    _check_security(settings)
+    return settings
+
+
+def run_settings(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> Settings:
+    kafka = kafka_settings(args, environ)
+    values = resolve(RUN_OPTIONS, args, environ)
+    _require(values, "topic")
+    if values["dlq_topic"] is not None and values["dlq_topic"] in values["topic"]:
+        raise ConfigError("--dlq-topic / SESSION_METRICS_DLQ_TOPIC: must differ from --topic")
+    if values["heartbeat_interval_ms"] * 3 > values["session_timeout_ms"]:
+        raise ConfigError("--heartbeat-interval-ms / SESSION_METRICS_HEARTBEAT_INTERVAL_MS: "
+                          "must be at most a third of --session-timeout-ms")
+    return Settings(kafka=kafka, **values)
+
+
+def _require(values: dict[str, Any], name: str) -> None:
+    if values[name] is None:
+        opt = next(o for o in (*KAFKA_OPTIONS, *RUN_OPTIONS) if o.name == name)
+        raise ConfigError(f"{opt.flag} / {opt.env}: required")
+
+
+def _check_security(s: KafkaSettings) -> None:
+    sasl = s.security_protocol.startswith("SASL_")
+    if sasl:
+        if s.sasl_mechanism is None:
+            raise ConfigError("--sasl-mechanism / SESSION_METRICS_SASL_MECHANISM: required with "
+                              f"--security-protocol {s.security_protocol}")
+        if (s.sasl_username is None) == (s.sasl_username_file is None):
+            raise ConfigError("--sasl-username / SESSION_METRICS_SASL_USERNAME: give exactly one "
+                              "of it and --sasl-username-file")
+        if (s.sasl_password is None) == (s.sasl_password_file is None):
+            raise ConfigError("SESSION_METRICS_SASL_PASSWORD: give exactly one of it and "
+                              "--sasl-password-file")
+    elif s.sasl_mechanism or s.sasl_username or s.sasl_password or s.sasl_password_file:
+        raise ConfigError("--security-protocol / SESSION_METRICS_SECURITY_PROTOCOL: SASL settings "
+                          f"given but the protocol is {s.security_protocol}")
+    tls = s.security_protocol in {"SSL", "SASL_SSL"}
+    if not tls and (s.ssl_cafile or s.ssl_certfile or s.ssl_keyfile):
+        raise ConfigError("--security-protocol / SESSION_METRICS_SECURITY_PROTOCOL: TLS files "
+                          f"given but the protocol is {s.security_protocol}")
+    if (s.ssl_certfile is None) != (s.ssl_keyfile is None):
+        raise ConfigError("--ssl-keyfile / SESSION_METRICS_SSL_KEYFILE: --ssl-certfile and "
+                          "--ssl-keyfile go together")
+
+
+def all_options() -> tuple[Option, ...]:
+    return (*KAFKA_OPTIONS, *RUN_OPTIONS)
+
+
+def setting_names() -> list[str]:
+    return [f.name for f in fields(Settings)]

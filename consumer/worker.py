@@ -1,0 +1,324 @@
+"""The Worker owns the consumer lifecycle: start, loop, drain, commit, stop.
+
+Each batch flows one way: records -> decode -> (dead-letter) -> dedup ->
+aggregate -> metrics -> commit. Offsets are committed only for records whose
+metrics are applied (at least once); everything from dedup to the metric
+update is synchronous, so a batch is applied whole or not at all.
+"""
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.errors import KafkaConnectionError, KafkaError
+from aiokafka.structs import OffsetAndMetadata
+
+from consumer.aggregate import Buckets, aggregate, newest_event_time
+from consumer.deadletter import DeadLetter, Rejected
+from consumer.decode import Invalid, decode
+from consumer.dedup import DedupWindow
+from consumer.logs import RateLimit
+from consumer.metrics import ConsumerMetrics, PartitionLag
+from consumer.rebalance import CommitOnRevoke
+from consumer.security import client_kwargs
+from consumer.settings import Settings
+from schemas import CreateSessionResponseBody
+
+log = logging.getLogger(__name__)
+
+PROBE_INTERVAL = 5.0
+"""Seconds between broker reachability checks (for /readyz) and position look-ups."""
+
+
+@dataclass(slots=True)
+class Progress:
+    """Where this worker is in one partition."""
+
+    position: int | None = None
+    """Next offset to process (last processed + 1)."""
+    last_timestamp: float | None = None
+    """Kafka timestamp (s) of the last processed record."""
+    committed: int | None = None
+    """Last offset committed by this worker."""
+    fetch_position: int | None = None
+    """The consumer's position before anything was processed: for lag only, never committed."""
+
+
+class Worker:
+    """Consumes `settings.topic` into `metrics` until `stop()`.
+
+    Keyword-only: `settings` (the frozen Settings) and optionally `metrics`
+    (tests pass their own to read values back).
+    """
+
+    def __init__(self, *, settings: Settings, metrics: ConsumerMetrics | None = None) -> None:
+        self.settings = settings
+        self.group_id = settings.group_id
+        buckets = Buckets(settings.duration_buckets, settings.tokens_buckets, settings.cost_buckets)
+        self.buckets = buckets
+        self.metrics = metrics or ConsumerMetrics(buckets, settings.max_series)
+        self.metrics.register_lag(self.partition_lag)
+        self.dedup = DedupWindow(settings.dedup_window)
+        self.batch_lock = asyncio.Lock()
+        self.connected = False
+        self.heartbeat = time.monotonic()
+        self._progress: dict[TopicPartition, Progress] = {}
+        self._stopping = asyncio.Event()
+        self._invalid_logs = RateLimit()
+        self._newest_event = 0.0
+        self._consumer: AIOKafkaConsumer | None = None
+        self._producer: AIOKafkaProducer | None = None
+        self._dead_letter: DeadLetter | None = None
+
+    # --- state read by the HTTP server -------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        return self.connected and bool(self._consumer and self._consumer.assignment())
+
+    def healthy(self) -> bool:
+        return time.monotonic() - self.heartbeat < self.settings.stall_timeout
+
+    def partition_lag(self) -> Iterable[PartitionLag]:
+        consumer = self._consumer
+        if consumer is None:
+            return []
+        now, out = time.time(), []
+        for tp in consumer.assignment():
+            progress, highwater = self._progress.get(tp), consumer.highwater(tp)
+            if progress is None or highwater is None:
+                continue
+            position = progress.position if progress.position is not None else (
+                progress.fetch_position)
+            if position is None:
+                continue
+            behind = max(0, highwater - position)
+            seconds = None
+            if behind == 0:
+                seconds = 0.0
+            elif progress.last_timestamp is not None:
+                seconds = max(0.0, now - progress.last_timestamp)
+            out.append(PartitionLag(tp.topic, tp.partition, behind, seconds))
+        return out
+
+    # --- lifecycle -----------------------------------------------------------
+
+    def stop(self) -> None:
+        """Ask the loop to finish its batch, commit and close (signal handlers call this)."""
+        self._stopping.set()
+
+    async def run(self) -> None:
+        """Connect (retrying), consume until stop(), drain within the timeout, commit, close."""
+        if not await self._start():
+            return
+        assert self._consumer is not None
+        loop_task = asyncio.create_task(self._consume(), name="consume")
+        probe_task = asyncio.create_task(self._probe(), name="probe")
+        try:
+            stopped = asyncio.create_task(self._stopping.wait())
+            await asyncio.wait({loop_task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            stopped.cancel()
+            if loop_task.done():
+                loop_task.result()  # the loop only ends on its own by raising
+            await self._drain(loop_task)
+            await self.commit_processed(self._consumer.assignment())
+        finally:
+            probe_task.cancel()
+            loop_task.cancel()
+            await asyncio.gather(probe_task, loop_task, return_exceptions=True)
+            await self._close()
+
+    async def _drain(self, loop_task: "asyncio.Task[None]") -> None:
+        try:
+            await asyncio.wait_for(asyncio.shield(loop_task), self.settings.drain_timeout)
+        except TimeoutError:
+            # The cut-off batch's offsets were never recorded as processed,
+            # so the final commit below cannot commit it.
+            loop_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await loop_task
+            log.warning("drain timeout: in-flight batch abandoned, it will be redelivered",
+                        extra={"drain_timeout": self.settings.drain_timeout})
+
+    async def _start(self) -> bool:
+        s = self.settings
+        kwargs = client_kwargs(s.kafka)
+        delay = 0.5
+        while not self._stopping.is_set():
+            consumer = AIOKafkaConsumer(
+                group_id=s.group_id, enable_auto_commit=False,
+                auto_offset_reset=s.auto_offset_reset,
+                session_timeout_ms=s.session_timeout_ms,
+                heartbeat_interval_ms=s.heartbeat_interval_ms,
+                max_partition_fetch_bytes=max(1048576, s.max_message_bytes), **kwargs)
+            try:
+                await consumer.start()
+            except KafkaConnectionError as exc:
+                await consumer.stop()
+                log.warning("cannot reach Kafka, retrying", extra={
+                    "bootstrap_servers": s.kafka.bootstrap_servers, "error": str(exc),
+                    "retry_in": delay})
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), delay)
+                delay = min(delay * 2, 30.0)
+                continue
+            self._consumer = consumer
+            consumer.subscribe(list(s.topic), listener=CommitOnRevoke(self))
+            self.connected = True
+            if s.dlq_topic:
+                self._producer = AIOKafkaProducer(acks="all", enable_idempotence=False, **kwargs)
+                await self._producer.start()
+                self._dead_letter = DeadLetter(self._producer, s.dlq_topic)
+            log.info("consumer started", extra={"topics": list(s.topic), "group_id": s.group_id,
+                                                "dlq_topic": s.dlq_topic})
+            return True
+        return False
+
+    async def _close(self) -> None:
+        if self._consumer is not None:
+            await self._consumer.stop()
+        if self._producer is not None:
+            await self._producer.stop()
+        self.connected = False
+        log.info("consumer stopped")
+
+    # --- the loop --------------------------------------------------------------
+
+    async def _consume(self) -> None:
+        consumer = self._consumer
+        assert consumer is not None
+        while not self._stopping.is_set():
+            self.heartbeat = time.monotonic()
+            batch = await consumer.getmany(timeout_ms=500,
+                                           max_records=self.settings.max_batch_records)
+            if batch:
+                async with self.batch_lock:
+                    await self._process(batch)
+
+    async def _process(self, batch: dict[TopicPartition, list[ConsumerRecord]]) -> None:
+        started = time.perf_counter()
+        events: list[CreateSessionResponseBody] = []
+        rejected: list[Rejected] = []
+        tombstones = records = 0
+        max_bytes = self.settings.max_message_bytes
+        for tp, partition_records in batch.items():
+            records += len(partition_records)
+            for rec in partition_records:
+                if rec.value is None:
+                    tombstones += 1
+                    continue
+                result = decode(rec.value, max_bytes)
+                if isinstance(result, Invalid):
+                    rejected.append(Rejected(tp.topic, tp.partition, rec.offset, rec.key,
+                                             rec.value, tuple(rec.headers), result))
+                else:
+                    events.append(result)
+        dead = await self._send_dead_letters(rejected)
+        # From here to the end of _apply nothing awaits: the batch lands whole.
+        self._apply(batch, events, rejected, dead, tombstones)
+        self.metrics.batch_seconds.observe(time.perf_counter() - started)
+        self.metrics.batch_records.observe(records)
+        await self.commit_processed(batch.keys())
+
+    async def _send_dead_letters(self, rejected: list[Rejected]) -> tuple[int, int]:
+        if not rejected or self._dead_letter is None:
+            return 0, 0
+        return await self._dead_letter.send_all(rejected)
+
+    def _apply(self, batch: dict[TopicPartition, list[ConsumerRecord]],
+               events: list[CreateSessionResponseBody], rejected: list[Rejected],
+               dead: tuple[int, int], tombstones: int) -> None:
+        m = self.metrics
+        add = self.dedup.add
+        fresh = [e for e in events if add(e.id)]
+        m.business.apply(aggregate(fresh, self.buckets))
+        newest = newest_event_time(fresh)
+        if newest is not None and newest > self._newest_event:
+            self._newest_event = newest
+            m.newest_event.set(newest)
+        m.messages.labels("counted").inc(len(fresh))
+        m.messages.labels("duplicate").inc(len(events) - len(fresh))
+        m.messages.labels("tombstone").inc(tombstones)
+        m.messages.labels("invalid").inc(len(rejected))
+        m.dead_lettered.inc(dead[0])
+        m.dead_letter_failures.inc(dead[1])
+        for r in rejected:
+            m.invalid.labels(r.invalid.reason.value).inc()
+        self._log_invalid(rejected)
+        for tp, partition_records in batch.items():
+            progress = self._progress.setdefault(tp, Progress())
+            last = partition_records[-1]
+            progress.position = last.offset + 1
+            progress.last_timestamp = last.timestamp / 1000.0
+        m.mark_processed()
+
+    def _log_invalid(self, rejected: list[Rejected]) -> None:
+        for r in rejected:
+            if self._invalid_logs.allow():
+                log.warning("invalid message", extra={
+                    "topic": r.topic, "partition": r.partition, "offset": r.offset,
+                    "reason": r.invalid.reason.value, "detail": r.invalid.detail[:200],
+                    "suppressed_since_last": self._invalid_logs.take_suppressed()})
+
+    # --- offsets -----------------------------------------------------------------
+
+    async def commit_processed(self, partitions: Iterable[TopicPartition]) -> None:
+        """Commit the processed position of `partitions` where it moved since the last commit."""
+        consumer = self._consumer
+        if consumer is None:
+            return
+        offsets = {}
+        for tp in partitions:
+            p = self._progress.get(tp)
+            if p is not None and p.position is not None and p.position != p.committed:
+                offsets[tp] = OffsetAndMetadata(p.position, "")
+        if not offsets:
+            return
+        try:
+            await consumer.commit(offsets)
+        except KafkaError as exc:
+            self.metrics.commit_failures.inc()
+            log.error("commit failed", extra={"error": repr(exc), "partitions": len(offsets)})
+            return
+        self.metrics.commits.inc()
+        for tp, meta in offsets.items():
+            self._progress[tp].committed = meta.offset
+
+    def on_assigned(self, assigned: set[TopicPartition]) -> None:
+        self.metrics.rebalances.inc()
+        self.metrics.assigned_partitions.set(len(assigned))
+
+    def forget(self, revoked: set[TopicPartition]) -> None:
+        for tp in revoked:
+            self._progress.pop(tp, None)
+        self.metrics.assigned_partitions.set(0)
+
+    # --- background probe ------------------------------------------------------------
+
+    async def _probe(self) -> None:
+        """Keep `connected` true to the broker and learn positions of idle partitions."""
+        consumer = self._consumer
+        assert consumer is not None
+        while True:
+            try:
+                await asyncio.wait_for(consumer.topics(), PROBE_INTERVAL)
+                self.connected = True
+                await self._learn_positions(consumer)
+            except (KafkaError, TimeoutError) as exc:
+                if self.connected:
+                    log.warning("lost contact with Kafka", extra={"error": repr(exc)})
+                self.connected = False
+            await asyncio.sleep(PROBE_INTERVAL)
+
+    async def _learn_positions(self, consumer: AIOKafkaConsumer) -> None:
+        # A partition with nothing to read yet has no processed record; its
+        # fetch position still tells the lag (0 once caught up).
+        for tp in consumer.assignment():
+            progress = self._progress.setdefault(tp, Progress())
+            if progress.position is None:
+                with contextlib.suppress(KafkaError, AssertionError, TimeoutError):
+                    progress.fetch_position = await asyncio.wait_for(consumer.position(tp), 1.0)
