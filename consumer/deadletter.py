@@ -54,7 +54,13 @@ class DeadLetter:
         for r, result in zip(rejected, results, strict=True):
             if isinstance(result, BaseException):
                 failed += 1
-                log.error("dead-letter produce failed", extra={
-                    "topic": r.topic, "partition": r.partition, "offset": r.offset,
-                    "error": repr(result)})
+                log.error(
+                    "dead-letter produce failed",
+                    extra={
+                        "topic": r.topic,
+                        "partition": r.partition,
+                        "offset": r.offset,
+                        "error": repr(result),
+                    },
+                )
         return len(rejected) - failed, failed

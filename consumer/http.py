@@ -56,9 +56,10 @@ class HttpServer:
         await self._runner.setup()
         site = web.TCPSite(self._runner, self._host, self._port)
         await site.start()
-        server = site._server
-        if server is not None and server.sockets:  # aiohttp exposes no public bound port
-            self.port = server.sockets[0].getsockname()[1]
+        # aiohttp has no public accessor for the bound port (needed with port 0).
+        sockets = getattr(site._server, "sockets", None)
+        if sockets:
+            self.port = sockets[0].getsockname()[1]
 
     async def stop(self) -> None:
         await self._runner.cleanup()

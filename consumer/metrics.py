@@ -20,14 +20,19 @@ from prometheus_client import (
     Info,
     disable_created_metrics,
 )
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
 from consumer import __version__
 from consumer.aggregate import Buckets, SeriesKey, Totals
 
 # `_created` samples double the series count and no dashboard of ours reads them.
-disable_created_metrics()
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 OVERFLOW: SeriesKey = ("__overflow__", "__overflow__")
 LABELS = ("workspace_id", "project_id")
@@ -58,39 +63,47 @@ class BusinessMetrics(Collector):
         for key, totals in batch.items():
             current = series.get(key)
             if current is None:
-                if len(series) >= self.max_series + (OVERFLOW in series):
-                    self._overflowed.inc(totals.sessions)
-                    key = OVERFLOW
-                    current = series.get(key)
-                if current is None:
-                    current = series[key] = Totals(self.buckets)
+                current = self._new_series(key, totals.sessions)
             current.merge(totals)
 
-    def describe(self) -> Iterable[CounterMetricFamily | HistogramMetricFamily]:
-        # Names only, so registering does not run a full collect().
-        return self._families()
+    def _new_series(self, key: SeriesKey, sessions: int) -> Totals:
+        series = self._series
+        if len(series) >= self.max_series + (OVERFLOW in series):
+            self._overflowed.inc(sessions)
+            key = OVERFLOW
+            if key in series:
+                return series[key]
+        totals = series[key] = Totals(self.buckets)
+        return totals
 
-    def collect(self) -> Iterable[CounterMetricFamily | HistogramMetricFamily]:
-        families = self._families()
-        counters, histograms = families[:8], families[8:]
+    def describe(self) -> Iterable[Metric]:
+        # Names only, so registering does not run a full collect().
+        counters, histograms = self._families()
+        return [*counters, *histograms]
+
+    def collect(self) -> Iterable[Metric]:
+        counters, histograms = self._families()
         b = self.buckets
         bounds = (_le(b.duration_seconds), _le(b.tokens), _le(b.cost))
         for (workspace, project), t in self._series.items():
             labels = [workspace, project]
-            for family, value in zip(counters, _counter_values(t), strict=True):
-                family.add_metric(labels, value)
-            for family, les, counts, total in zip(
-                histograms, bounds,
+            for counter, value in zip(counters, _counter_values(t), strict=True):
+                counter.add_metric(labels, value)
+            for histogram, les, counts, total in zip(
+                histograms,
+                bounds,
                 (t.duration_buckets, t.tokens_buckets, t.cost_buckets),
-                (t.duration_seconds, t.tokens, t.cost), strict=True,
+                (t.duration_seconds, t.tokens, t.cost),
+                strict=True,
             ):
-                family.add_metric(labels, list(zip(les, _cumulative(counts), strict=True)), total)
-        return families
+                cumulative = list(zip(les, _cumulative(counts), strict=True))
+                histogram.add_metric(labels, cumulative, total)
+        return [*counters, *histograms]
 
     @staticmethod
-    def _families() -> list[CounterMetricFamily | HistogramMetricFamily]:
+    def _families() -> tuple[list[CounterMetricFamily], list[HistogramMetricFamily]]:
         c, h = CounterMetricFamily, HistogramMetricFamily
-        return [
+        counters = [
             c("llm_sessions", "Sessions created.", labels=LABELS),
             c("llm_session_input_cost", "Sum of billing.inputCost.", labels=LABELS),
             c("llm_session_output_cost", "Sum of billing.outputCost.", labels=LABELS),
@@ -99,15 +112,26 @@ class BusinessMetrics(Collector):
             c("llm_session_completion_tokens", "Sum of usage.completionTokens.", labels=LABELS),
             c("llm_session_tokens", "Sum of usage.totalTokens.", labels=LABELS),
             c("llm_session_traces", "Sum of tracesCount.", labels=LABELS),
+        ]
+        histograms = [
             h("llm_session_duration_seconds", "Session duration.", labels=LABELS),
             h("llm_session_tokens_per_session", "usage.totalTokens per session.", labels=LABELS),
             h("llm_session_cost_per_session", "billing.totalCost per session.", labels=LABELS),
         ]
+        return counters, histograms
 
 
 def _counter_values(t: Totals) -> tuple[float, ...]:
-    return (t.sessions, t.input_cost, t.output_cost, t.cost, t.prompt_tokens,
-            t.completion_tokens, t.tokens, t.traces)
+    return (
+        t.sessions,
+        t.input_cost,
+        t.output_cost,
+        t.cost,
+        t.prompt_tokens,
+        t.completion_tokens,
+        t.tokens,
+        t.traces,
+    )
 
 
 def _le(bounds: tuple[float, ...]) -> list[str]:
@@ -158,54 +182,78 @@ class LagCollector(Collector):
     def _families() -> tuple[GaugeMetricFamily, GaugeMetricFamily]:
         labels = ["topic", "partition"]
         return (
-            GaugeMetricFamily("session_consumer_lag_records",
-                              "Records between the last processed offset and the highwater.",
-                              labels=labels),
-            GaugeMetricFamily("session_consumer_lag_seconds",
-                              "Now minus the timestamp of the last processed record; "
-                              "0 when caught up.", labels=labels),
+            GaugeMetricFamily(
+                "session_consumer_lag_records",
+                "Records between the last processed offset and the highwater.",
+                labels=labels,
+            ),
+            GaugeMetricFamily(
+                "session_consumer_lag_seconds",
+                "Now minus the timestamp of the last processed record; 0 when caught up.",
+                labels=labels,
+            ),
         )
 
 
 class ConsumerMetrics:
     """Operational metrics of one worker, on its own registry (tests run several workers)."""
 
-    def __init__(self, buckets: Buckets, max_series: int,
-                 registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self, buckets: Buckets, max_series: int, registry: CollectorRegistry | None = None
+    ) -> None:
         self.registry = r = registry if registry is not None else CollectorRegistry()
         p = "session_consumer_"
-        self.messages = Counter(p + "messages", "Messages read, by outcome.", ["outcome"],
-                                registry=r)
-        self.invalid = Counter(p + "invalid", "Invalid messages, by reason.", ["reason"],
-                               registry=r)
-        self.dead_lettered = Counter(p + "dead_lettered", "Messages produced to the "
-                                     "dead-letter topic.", registry=r)
-        self.dead_letter_failures = Counter(p + "dead_letter_failures", "Dead-letter produce "
-                                            "attempts that failed.", registry=r)
-        self.series_overflow = Counter(p + "series_overflow", "Sessions counted under "
-                                       "__overflow__ labels because --max-series was reached.",
-                                       registry=r)
+        self.messages = Counter(
+            p + "messages", "Messages read, by outcome.", ["outcome"], registry=r
+        )
+        self.invalid = Counter(
+            p + "invalid", "Invalid messages, by reason.", ["reason"], registry=r
+        )
+        self.dead_lettered = Counter(
+            p + "dead_lettered", "Messages produced to the dead-letter topic.", registry=r
+        )
+        self.dead_letter_failures = Counter(
+            p + "dead_letter_failures", "Dead-letter produce attempts that failed.", registry=r
+        )
+        self.series_overflow = Counter(
+            p + "series_overflow",
+            "Sessions counted under __overflow__ labels because --max-series was reached.",
+            registry=r,
+        )
         self.commits = Counter(p + "commits", "Offset commits that succeeded.", registry=r)
-        self.commit_failures = Counter(p + "commit_failures", "Offset commits that failed.",
-                                       registry=r)
-        self.rebalances = Counter(p + "rebalances", "Partition assignments received.",
-                                  registry=r)
-        self.assigned_partitions = Gauge(p + "assigned_partitions", "Partitions assigned now.",
-                                         registry=r)
-        self.series = Gauge(p + "series", "Distinct (workspace, project) series exported.",
-                            registry=r)
-        self.newest_event = Gauge(p + "newest_event_timestamp_seconds", "Newest updatedAt (else "
-                                  "startedAt) of a counted event.", registry=r)
-        self.last_processed = Gauge(p + "last_processed_timestamp_seconds", "When the last "
-                                    "batch was applied.", registry=r)
-        self.batch_seconds = Histogram(p + "batch_duration_seconds", "Time to decode, "
-                                       "aggregate and apply one batch.", registry=r,
-                                       buckets=(.0005, .001, .0025, .005, .01, .025, .05, .1,
-                                                .25, .5, 1, 2.5))
-        self.batch_records = Histogram(p + "batch_records", "Records per batch.", registry=r,
-                                       buckets=(1, 10, 100, 500, 1000, 2500, 5000, 10000))
+        self.commit_failures = Counter(
+            p + "commit_failures", "Offset commits that failed.", registry=r
+        )
+        self.rebalances = Counter(p + "rebalances", "Partition assignments received.", registry=r)
+        self.assigned_partitions = Gauge(
+            p + "assigned_partitions", "Partitions assigned now.", registry=r
+        )
+        self.series = Gauge(
+            p + "series", "Distinct (workspace, project) series exported.", registry=r
+        )
+        self.newest_event = Gauge(
+            p + "newest_event_timestamp_seconds",
+            "Newest updatedAt (else startedAt) of a counted event.",
+            registry=r,
+        )
+        self.last_processed = Gauge(
+            p + "last_processed_timestamp_seconds", "When the last batch was applied.", registry=r
+        )
+        self.batch_seconds = Histogram(
+            p + "batch_duration_seconds",
+            "Time to decode, aggregate and apply one batch.",
+            registry=r,
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+        )
+        self.batch_records = Histogram(
+            p + "batch_records",
+            "Records per batch.",
+            registry=r,
+            buckets=(1, 10, 100, 500, 1000, 2500, 5000, 10000),
+        )
         Info(p + "build", "Version of this service.", registry=r).info(
-            {"version": __version__, "python": platform.python_version()})
+            {"version": __version__, "python": platform.python_version()}
+        )
         self.business = BusinessMetrics(buckets, max_series, self.series_overflow)
         r.register(self.business)
         for outcome in ("counted", "duplicate", "invalid", "tombstone"):

@@ -20,9 +20,18 @@ class Produced:
     invalid: int = 0
 
 
-async def produce(producer: AIOKafkaProducer, topic: str, *, count: int | None, rate: float | None,
-                  seed: int = 0, invalid_ratio: float = 0.0, duplicate_ratio: float = 0.0,
-                  stop: asyncio.Event | None = None, stats: Produced | None = None) -> Produced:
+async def produce(
+    producer: AIOKafkaProducer,
+    topic: str,
+    *,
+    count: int | None,
+    rate: float | None,
+    seed: int = 0,
+    invalid_ratio: float = 0.0,
+    duplicate_ratio: float = 0.0,
+    stop: asyncio.Event | None = None,
+    stats: Produced | None = None,
+) -> Produced:
     """Send `count` events (None: until `stop`), at most `rate` per second (None: flat out).
 
     Keys are the workspace id, so a workspace's events stay in order on one partition.

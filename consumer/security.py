@@ -23,10 +23,12 @@ def client_kwargs(s: KafkaSettings) -> dict[str, Any]:
     if s.security_protocol in {"SSL", "SASL_SSL"}:
         kwargs["ssl_context"] = tls_context(s)
     if s.security_protocol.startswith("SASL_"):
-        username = s.sasl_username if s.sasl_username_file is None else _read_secret(
-            s.sasl_username_file)
-        password = s.sasl_password if s.sasl_password_file is None else _read_secret(
-            s.sasl_password_file)
+        username = (
+            s.sasl_username if s.sasl_username_file is None else _read_secret(s.sasl_username_file)
+        )
+        password = (
+            s.sasl_password if s.sasl_password_file is None else _read_secret(s.sasl_password_file)
+        )
         kwargs["sasl_mechanism"] = s.sasl_mechanism
         kwargs["sasl_plain_username"] = username
         kwargs["sasl_plain_password"] = password

@@ -12,13 +12,17 @@ from consumer.worker import Worker
 log = logging.getLogger(__name__)
 
 
-async def serve(settings: Settings, *,
-                on_started: Callable[[Worker, HttpServer], Awaitable[None]] | None = None,
-                handle_signals: bool = True) -> None:
+async def serve(
+    settings: Settings,
+    *,
+    on_started: Callable[[Worker, HttpServer], Awaitable[None]] | None = None,
+    handle_signals: bool = True,
+) -> None:
     """Run until SIGTERM/SIGINT (or `worker.stop()`): drain, commit, close."""
     worker = Worker(settings=settings)
-    app = make_app(worker.metrics.registry, Probes(healthy=worker.healthy,
-                                                   ready=lambda: worker.ready))
+    app = make_app(
+        worker.metrics.registry, Probes(healthy=worker.healthy, ready=lambda: worker.ready)
+    )
     server = HttpServer(app, settings.metrics_host, settings.metrics_port)
     await server.start()
     log.info("http server listening", extra={"host": settings.metrics_host, "port": server.port})

@@ -8,6 +8,7 @@ line naming the setting.
 """
 
 import argparse
+import itertools
 import math
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -93,7 +94,7 @@ def _buckets(raw: str) -> tuple[float, ...]:
         raise ValueError("must list at least one bucket bound")
     if not all(math.isfinite(b) for b in bounds):
         raise ValueError("bucket bounds must be finite (+Inf is always added)")
-    if any(b >= c for b, c in zip(bounds, bounds[1:], strict=False)):
+    if any(b >= c for b, c in itertools.pairwise(bounds)):
         raise ValueError("bucket bounds must be strictly increasing")
     return bounds
 
@@ -135,7 +136,9 @@ class Option:
 KAFKA_OPTIONS: tuple[Option, ...] = (
     Option("bootstrap_servers", _text, None, "Kafka bootstrap servers, host:port[,host:port]"),
     Option("client_id", _text, "session-metrics", "Kafka client id"),
-    Option("security_protocol", _choice(*SECURITY_PROTOCOLS), "PLAINTEXT", "Kafka security protocol"),
+    Option(
+        "security_protocol", _choice(*SECURITY_PROTOCOLS), "PLAINTEXT", "Kafka security protocol"
+    ),
     Option("sasl_mechanism", _choice(*SASL_MECHANISMS), None, "SASL mechanism (SASL_* protocols)"),
     Option("sasl_username", _text, None, "SASL username"),
     Option("sasl_username_file", _existing_file, None, "file holding the SASL username"),
@@ -150,8 +153,12 @@ KAFKA_OPTIONS: tuple[Option, ...] = (
 RUN_OPTIONS: tuple[Option, ...] = (
     Option("topic", _topics, None, "input topic(s), comma-separated"),
     Option("group_id", _text, "session-metrics", "consumer group id"),
-    Option("auto_offset_reset", _choice("earliest", "latest"), "earliest",
-           "where a new group starts reading"),
+    Option(
+        "auto_offset_reset",
+        _choice("earliest", "latest"),
+        "earliest",
+        "where a new group starts reading",
+    ),
     Option("dlq_topic", _topic, None, "dead-letter topic for invalid messages (off when unset)"),
     Option("metrics_host", _text, "0.0.0.0", "address the HTTP server binds"),
     Option("metrics_port", _int_range(0, 65535), "8000", "port of /metrics, /healthz, /readyz"),
@@ -162,11 +169,18 @@ RUN_OPTIONS: tuple[Option, ...] = (
     Option("drain_timeout", _positive_float, "10", "seconds to finish the batch on SIGTERM"),
     Option("session_timeout_ms", _int_range(1000), "10000", "Kafka group session timeout"),
     Option("heartbeat_interval_ms", _int_range(100), "3000", "Kafka group heartbeat interval"),
-    Option("stall_timeout", _positive_float, "60", "/healthz fails when the loop is stuck this long"),
-    Option("duration_buckets", _buckets, DEFAULT_DURATION_BUCKETS,
-           "llm_session_duration_seconds buckets (seconds)"),
-    Option("tokens_buckets", _buckets, DEFAULT_TOKENS_BUCKETS,
-           "llm_session_tokens_per_session buckets"),
+    Option(
+        "stall_timeout", _positive_float, "60", "/healthz fails when the loop is stuck this long"
+    ),
+    Option(
+        "duration_buckets",
+        _buckets,
+        DEFAULT_DURATION_BUCKETS,
+        "llm_session_duration_seconds buckets (seconds)",
+    ),
+    Option(
+        "tokens_buckets", _buckets, DEFAULT_TOKENS_BUCKETS, "llm_session_tokens_per_session buckets"
+    ),
     Option("cost_buckets", _buckets, DEFAULT_COST_BUCKETS, "llm_session_cost_per_session buckets"),
     Option("log_level", _choice("debug", "info", "warning", "error"), "info", "log level"),
 )
@@ -219,12 +233,17 @@ def add_arguments(parser: argparse.ArgumentParser, options: Sequence[Option]) ->
     for opt in options:
         if opt.flag_allowed:
             default = f" (default: {opt.default})" if opt.default is not None else ""
-            parser.add_argument(opt.flag, dest=opt.name, metavar=opt.name.upper(),
-                                help=f"{opt.help}{default} [env {opt.env}]")
+            parser.add_argument(
+                opt.flag,
+                dest=opt.name,
+                metavar=opt.name.upper(),
+                help=f"{opt.help}{default} [env {opt.env}]",
+            )
 
 
-def resolve(options: Sequence[Option], args: argparse.Namespace,
-            environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+def resolve(
+    options: Sequence[Option], args: argparse.Namespace, environ: Mapping[str, str] | None = None
+) -> dict[str, Any]:
     """Parse every option from flag, else environment, else default."""
     env = os.environ if environ is None else environ
     values: dict[str, Any] = {}
@@ -239,12 +258,16 @@ def resolve(options: Sequence[Option], args: argparse.Namespace,
             values[opt.name] = None if raw is None else opt.parse(raw)
         except ValueError as exc:
             shown = "<hidden>" if not opt.flag_allowed else repr(raw)
-            raise ConfigError(f"{opt.flag} / {opt.env}: {exc} (got {shown} from {source})") from None
+            raise ConfigError(
+                f"{opt.flag} / {opt.env}: {exc} (got {shown} from {source})"
+            ) from None
     return values
 
 
-def kafka_settings(args: argparse.Namespace, environ: Mapping[str, str] | None = None,
-                   ) -> KafkaSettings:
+def kafka_settings(
+    args: argparse.Namespace,
+    environ: Mapping[str, str] | None = None,
+) -> KafkaSettings:
     values = resolve(KAFKA_OPTIONS, args, environ)
     _require(values, "bootstrap_servers")
     settings = KafkaSettings(**values)
@@ -259,8 +282,10 @@ def run_settings(args: argparse.Namespace, environ: Mapping[str, str] | None = N
     if values["dlq_topic"] is not None and values["dlq_topic"] in values["topic"]:
         raise ConfigError("--dlq-topic / SESSION_METRICS_DLQ_TOPIC: must differ from --topic")
     if values["heartbeat_interval_ms"] * 3 > values["session_timeout_ms"]:
-        raise ConfigError("--heartbeat-interval-ms / SESSION_METRICS_HEARTBEAT_INTERVAL_MS: "
-                          "must be at most a third of --session-timeout-ms")
+        raise ConfigError(
+            "--heartbeat-interval-ms / SESSION_METRICS_HEARTBEAT_INTERVAL_MS: "
+            "must be at most a third of --session-timeout-ms"
+        )
     return Settings(kafka=kafka, **values)
 
 
@@ -274,24 +299,35 @@ def _check_security(s: KafkaSettings) -> None:
     sasl = s.security_protocol.startswith("SASL_")
     if sasl:
         if s.sasl_mechanism is None:
-            raise ConfigError("--sasl-mechanism / SESSION_METRICS_SASL_MECHANISM: required with "
-                              f"--security-protocol {s.security_protocol}")
+            raise ConfigError(
+                "--sasl-mechanism / SESSION_METRICS_SASL_MECHANISM: required with "
+                f"--security-protocol {s.security_protocol}"
+            )
         if (s.sasl_username is None) == (s.sasl_username_file is None):
-            raise ConfigError("--sasl-username / SESSION_METRICS_SASL_USERNAME: give exactly one "
-                              "of it and --sasl-username-file")
+            raise ConfigError(
+                "--sasl-username / SESSION_METRICS_SASL_USERNAME: give exactly one "
+                "of it and --sasl-username-file"
+            )
         if (s.sasl_password is None) == (s.sasl_password_file is None):
-            raise ConfigError("SESSION_METRICS_SASL_PASSWORD: give exactly one of it and "
-                              "--sasl-password-file")
+            raise ConfigError(
+                "SESSION_METRICS_SASL_PASSWORD: give exactly one of it and --sasl-password-file"
+            )
     elif s.sasl_mechanism or s.sasl_username or s.sasl_password or s.sasl_password_file:
-        raise ConfigError("--security-protocol / SESSION_METRICS_SECURITY_PROTOCOL: SASL settings "
-                          f"given but the protocol is {s.security_protocol}")
+        raise ConfigError(
+            "--security-protocol / SESSION_METRICS_SECURITY_PROTOCOL: SASL settings "
+            f"given but the protocol is {s.security_protocol}"
+        )
     tls = s.security_protocol in {"SSL", "SASL_SSL"}
     if not tls and (s.ssl_cafile or s.ssl_certfile or s.ssl_keyfile):
-        raise ConfigError("--security-protocol / SESSION_METRICS_SECURITY_PROTOCOL: TLS files "
-                          f"given but the protocol is {s.security_protocol}")
+        raise ConfigError(
+            "--security-protocol / SESSION_METRICS_SECURITY_PROTOCOL: TLS files "
+            f"given but the protocol is {s.security_protocol}"
+        )
     if (s.ssl_certfile is None) != (s.ssl_keyfile is None):
-        raise ConfigError("--ssl-keyfile / SESSION_METRICS_SSL_KEYFILE: --ssl-certfile and "
-                          "--ssl-keyfile go together")
+        raise ConfigError(
+            "--ssl-keyfile / SESSION_METRICS_SSL_KEYFILE: --ssl-certfile and "
+            "--ssl-keyfile go together"
+        )
 
 
 def all_options() -> tuple[Option, ...]:

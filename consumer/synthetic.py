@@ -62,8 +62,8 @@ class SessionFactory:
                 total_cost=round(prompt * price_in + completion * price_out, 8),
             ),
             usage=CreateSessionSessionsUsage(
-                prompt_tokens=prompt, completion_tokens=completion,
-                total_tokens=prompt + completion),
+                prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion
+            ),
             traces_count=float(rng.randint(1, 40)),
             tags=[model, *rng.sample(_TAGS, rng.randint(1, 3))],
             workspace_id=workspace,

@@ -92,8 +92,9 @@ class Worker:
             progress, highwater = self._progress.get(tp), consumer.highwater(tp)
             if progress is None or highwater is None:
                 continue
-            position = progress.position if progress.position is not None else (
-                progress.fetch_position)
+            position = (
+                progress.position if progress.position is not None else (progress.fetch_position)
+            )
             if position is None:
                 continue
             behind = max(0, highwater - position)
@@ -141,8 +142,10 @@ class Worker:
             loop_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await loop_task
-            log.warning("drain timeout: in-flight batch abandoned, it will be redelivered",
-                        extra={"drain_timeout": self.settings.drain_timeout})
+            log.warning(
+                "drain timeout: in-flight batch abandoned, it will be redelivered",
+                extra={"drain_timeout": self.settings.drain_timeout},
+            )
 
     async def _start(self) -> bool:
         s = self.settings
@@ -150,18 +153,26 @@ class Worker:
         delay = 0.5
         while not self._stopping.is_set():
             consumer = AIOKafkaConsumer(
-                group_id=s.group_id, enable_auto_commit=False,
+                group_id=s.group_id,
+                enable_auto_commit=False,
                 auto_offset_reset=s.auto_offset_reset,
                 session_timeout_ms=s.session_timeout_ms,
                 heartbeat_interval_ms=s.heartbeat_interval_ms,
-                max_partition_fetch_bytes=max(1048576, s.max_message_bytes), **kwargs)
+                max_partition_fetch_bytes=max(1048576, s.max_message_bytes),
+                **kwargs,
+            )
             try:
                 await consumer.start()
             except KafkaConnectionError as exc:
                 await consumer.stop()
-                log.warning("cannot reach Kafka, retrying", extra={
-                    "bootstrap_servers": s.kafka.bootstrap_servers, "error": str(exc),
-                    "retry_in": delay})
+                log.warning(
+                    "cannot reach Kafka, retrying",
+                    extra={
+                        "bootstrap_servers": s.kafka.bootstrap_servers,
+                        "error": str(exc),
+                        "retry_in": delay,
+                    },
+                )
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stopping.wait(), delay)
                 delay = min(delay * 2, 30.0)
@@ -173,8 +184,10 @@ class Worker:
                 self._producer = AIOKafkaProducer(acks="all", enable_idempotence=False, **kwargs)
                 await self._producer.start()
                 self._dead_letter = DeadLetter(self._producer, s.dlq_topic)
-            log.info("consumer started", extra={"topics": list(s.topic), "group_id": s.group_id,
-                                                "dlq_topic": s.dlq_topic})
+            log.info(
+                "consumer started",
+                extra={"topics": list(s.topic), "group_id": s.group_id, "dlq_topic": s.dlq_topic},
+            )
             return True
         return False
 
@@ -193,8 +206,9 @@ class Worker:
         assert consumer is not None
         while not self._stopping.is_set():
             self.heartbeat = time.monotonic()
-            batch = await consumer.getmany(timeout_ms=500,
-                                           max_records=self.settings.max_batch_records)
+            batch = await consumer.getmany(
+                timeout_ms=500, max_records=self.settings.max_batch_records
+            )
             if batch:
                 async with self.batch_lock:
                     await self._process(batch)
@@ -213,8 +227,17 @@ class Worker:
                     continue
                 result = decode(rec.value, max_bytes)
                 if isinstance(result, Invalid):
-                    rejected.append(Rejected(tp.topic, tp.partition, rec.offset, rec.key,
-                                             rec.value, tuple(rec.headers), result))
+                    rejected.append(
+                        Rejected(
+                            tp.topic,
+                            tp.partition,
+                            rec.offset,
+                            rec.key,
+                            rec.value,
+                            tuple(rec.headers),
+                            result,
+                        )
+                    )
                 else:
                     events.append(result)
         dead = await self._send_dead_letters(rejected)
@@ -229,9 +252,14 @@ class Worker:
             return 0, 0
         return await self._dead_letter.send_all(rejected)
 
-    def _apply(self, batch: dict[TopicPartition, list[ConsumerRecord]],
-               events: list[CreateSessionResponseBody], rejected: list[Rejected],
-               dead: tuple[int, int], tombstones: int) -> None:
+    def _apply(
+        self,
+        batch: dict[TopicPartition, list[ConsumerRecord]],
+        events: list[CreateSessionResponseBody],
+        rejected: list[Rejected],
+        dead: tuple[int, int],
+        tombstones: int,
+    ) -> None:
         m = self.metrics
         add = self.dedup.add
         fresh = [e for e in events if add(e.id)]
@@ -259,10 +287,17 @@ class Worker:
     def _log_invalid(self, rejected: list[Rejected]) -> None:
         for r in rejected:
             if self._invalid_logs.allow():
-                log.warning("invalid message", extra={
-                    "topic": r.topic, "partition": r.partition, "offset": r.offset,
-                    "reason": r.invalid.reason.value, "detail": r.invalid.detail[:200],
-                    "suppressed_since_last": self._invalid_logs.take_suppressed()})
+                log.warning(
+                    "invalid message",
+                    extra={
+                        "topic": r.topic,
+                        "partition": r.partition,
+                        "offset": r.offset,
+                        "reason": r.invalid.reason.value,
+                        "detail": r.invalid.detail[:200],
+                        "suppressed_since_last": self._invalid_logs.take_suppressed(),
+                    },
+                )
 
     # --- offsets -----------------------------------------------------------------
 

@@ -1,0 +1,112 @@
+"""Shared fixtures: one real Tansu broker per session, a fresh topic per test, worker factory."""
+
+import argparse
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from aiokafka import AIOKafkaProducer
+
+from consumer.broker import EmbeddedBroker, create_topics
+from consumer.http import HttpServer
+from consumer.service import serve
+from consumer.settings import Settings, run_settings
+from consumer.worker import Worker
+
+
+@pytest.fixture(scope="session")
+def broker() -> Iterator[EmbeddedBroker]:
+    with EmbeddedBroker() as b:
+        yield b
+
+
+def settings_for(bootstrap: str, topic: str, **overrides: Any) -> Settings:
+    """Settings as `session-metrics run` would build them from these flags."""
+    values: dict[str, Any] = {
+        "bootstrap_servers": bootstrap,
+        "topic": topic,
+        "group_id": f"g-{uuid.uuid4().hex[:8]}",
+        "metrics_host": "127.0.0.1",
+        "metrics_port": "0",
+    }
+    values.update({k: str(v) for k, v in overrides.items()})
+    return run_settings(argparse.Namespace(**values), environ={})
+
+
+TopicFactory = Callable[..., Awaitable[str]]
+
+
+@pytest.fixture
+def new_topic(broker: EmbeddedBroker) -> TopicFactory:
+    async def make(partitions: int = 3) -> str:
+        name = f"t-{uuid.uuid4().hex[:12]}"
+        await create_topics(broker.bootstrap, {name: partitions})
+        return name
+
+    return make
+
+
+@pytest.fixture
+async def producer(broker: EmbeddedBroker) -> AsyncIterator[AIOKafkaProducer]:
+    p = AIOKafkaProducer(bootstrap_servers=broker.bootstrap, linger_ms=2)
+    await p.start()
+    yield p
+    await p.stop()
+
+
+@dataclass
+class Running:
+    worker: Worker
+    server: HttpServer
+    task: "asyncio.Task[None]"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.port}"
+
+    async def stop(self) -> None:
+        self.worker.stop()
+        await asyncio.wait_for(self.task, 30)
+
+
+WorkerFactory = Callable[..., Awaitable[Running]]
+
+
+@pytest.fixture
+async def start_worker(broker: EmbeddedBroker) -> AsyncIterator[WorkerFactory]:
+    """Start `serve()` (worker + HTTP on a free port) in the background; stopped at teardown."""
+    running: list[Running] = []
+
+    async def start(settings: Settings) -> Running:
+        started: asyncio.Future[Running] = asyncio.get_running_loop().create_future()
+
+        async def on_started(worker: Worker, server: HttpServer) -> None:
+            started.set_result(Running(worker, server, task))
+
+        task = asyncio.create_task(serve(settings, on_started=on_started, handle_signals=False))
+        done, _ = await asyncio.wait({started, task}, return_when=asyncio.FIRST_COMPLETED)
+        if task in done:
+            task.result()
+        run = started.result()
+        running.append(run)
+        return run
+
+    yield start
+    for run in running:
+        if not run.task.done():
+            run.worker.stop()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(run.task, 30)
+
+
+async def eventually(check: Callable[[], bool], timeout: float = 30.0, every: float = 0.1) -> None:
+    """Wait until `check()` is true; fail with a clear message after `timeout` seconds."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not check():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        await asyncio.sleep(every)

@@ -1,0 +1,74 @@
+"""consumer/dedup.py: a bounded FIFO window that says whether a session id was seen recently."""
+
+from consumer.dedup import DedupWindow
+
+
+def test_first_add_of_an_id_is_new() -> None:
+    window = DedupWindow(10)
+
+    assert window.add("s-1") is True
+    assert len(window) == 1
+
+
+def test_repeated_id_is_a_duplicate() -> None:
+    window = DedupWindow(10)
+    window.add("s-1")
+
+    assert window.add("s-1") is False
+    assert window.add("s-1") is False
+    assert len(window) == 1
+
+
+def test_distinct_ids_are_all_new() -> None:
+    window = DedupWindow(10)
+
+    assert [window.add(f"s-{i}") for i in range(5)] == [True] * 5
+    assert len(window) == 5
+
+
+def test_oldest_id_is_evicted_after_size_distinct_ids() -> None:
+    window = DedupWindow(3)
+    for session_id in ("a", "b", "c", "d"):
+        window.add(session_id)
+
+    # "a" fell out; "b", "c" and "d" are still remembered.
+    assert window.add("b") is False
+    assert window.add("c") is False
+    assert window.add("d") is False
+    assert window.add("a") is True
+    # Re-adding "a" evicted the next oldest, "b".
+    assert window.add("b") is True
+    assert window.add("d") is False
+
+
+def test_a_duplicate_does_not_refresh_its_place_in_the_window() -> None:
+    window = DedupWindow(2)
+    window.add("a")
+    window.add("b")
+    assert window.add("a") is False
+
+    window.add("c")
+
+    # First in, first out: "a" was the oldest even though it was seen again.
+    assert window.add("a") is True
+
+
+def test_size_zero_disables_deduplication() -> None:
+    window = DedupWindow(0)
+
+    assert window.add("s-1") is True
+    assert window.add("s-1") is True
+    assert len(window) == 0
+
+
+def test_memory_is_bounded_by_size() -> None:
+    window = DedupWindow(100)
+
+    for i in range(10_000):
+        window.add(f"s-{i % 250}")
+        assert len(window) <= 100
+
+    assert len(window) == 100
+    # Exactly the last 100 distinct ids (150..249) are remembered.
+    assert window.add("s-149") is True
+    assert all(window.add(f"s-{i}") is False for i in range(151, 250))
