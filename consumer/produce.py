@@ -27,6 +27,7 @@ async def produce(
     count: int | None,
     rate: float | None,
     seed: int = 0,
+    skip: int = 0,
     invalid_ratio: float = 0.0,
     duplicate_ratio: float = 0.0,
     stop: asyncio.Event | None = None,
@@ -34,15 +35,20 @@ async def produce(
 ) -> Produced:
     """Send `count` events (None: until `stop`), at most `rate` per second (None: flat out).
 
+    With `skip`, the first `skip` events of the seeded stream are not sent (and `count`
+    still counts them), so a corpus can be extended where an earlier call stopped.
     Keys are the workspace id, so a workspace's events stay in order on one partition.
     Some events can be re-sent (duplicates) or replaced by malformed values (invalid),
     which the demo uses to show the consumer's operational metrics.
     """
     stats = stats or Produced()
     factory, rng = SessionFactory(seed), random.Random(seed + 1)
+    for _ in range(skip):  # resume a seeded stream part-way, e.g. to extend a corpus
+        factory.event()
     chunk = 500 if rate is None else max(1, min(500, int(rate / 20)))
     started, previous, previous_key = time.monotonic(), b"", b""
     pending: list[asyncio.Future[object]] = []
+    stats.events = max(stats.events, skip)
     while (count is None or stats.events < count) and not (stop and stop.is_set()):
         for _ in range(chunk if count is None else min(chunk, count - stats.events)):
             event = factory.event()

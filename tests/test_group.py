@@ -1,0 +1,116 @@
+"""Consumer-group behaviour against the real broker: resume, split, readiness."""
+
+import asyncio
+import math
+
+import aiohttp
+import pytest
+from aiokafka import AIOKafkaProducer
+
+from consumer.broker import EmbeddedBroker
+from consumer.produce import produce
+from tests.conftest import Running, TopicFactory, WorkerFactory, eventually, settings_for
+from tests.corpus import corpus, expected_totals, series_values
+
+pytestmark = pytest.mark.broker
+
+# Short group timeouts so a restarted or second worker is admitted in seconds.
+FAST_GROUP = {"session_timeout_ms": 6000, "heartbeat_interval_ms": 1000}
+
+
+def counted(run: Running) -> float:
+    value = run.worker.metrics.registry.get_sample_value(
+        "session_consumer_messages_total", {"outcome": "counted"}
+    )
+    return value or 0.0
+
+
+async def test_restarted_worker_resumes_from_committed_offsets(
+    broker: EmbeddedBroker,
+    new_topic: TopicFactory,
+    producer: AIOKafkaProducer,
+    start_worker: WorkerFactory,
+) -> None:
+    topic = await new_topic(partitions=3)
+    settings = settings_for(broker.bootstrap, topic, **FAST_GROUP)
+    await produce(producer, topic, count=1200, rate=None, seed=21)
+    first = await start_worker(settings)
+    await eventually(lambda: counted(first) == 1200)
+    await first.stop()
+
+    # Events 1200..1999 of the same seeded stream, produced while no worker runs.
+    everything = corpus(seed=21, count=2000)
+    await produce(producer, topic, count=2000, rate=None, seed=21, skip=1200)
+    second = await start_worker(settings)
+    await eventually(lambda: counted(second) == 800, timeout=60)
+    await asyncio.sleep(1)  # nothing more arrives: the first 1200 were not re-read
+    assert counted(second) == 800
+    got = series_values(second.worker.metrics.registry)["llm_sessions_total"]
+    want = expected_totals(everything[1200:])
+    assert got == {key: float(t.sessions) for key, t in want.items()}
+
+
+async def test_two_workers_in_one_group_split_partitions_and_sum_exactly(
+    broker: EmbeddedBroker,
+    new_topic: TopicFactory,
+    producer: AIOKafkaProducer,
+    start_worker: WorkerFactory,
+) -> None:
+    topic = await new_topic(partitions=4)
+    settings = settings_for(broker.bootstrap, topic, **FAST_GROUP)
+    a = await start_worker(settings)
+    b = await start_worker(settings)
+
+    def split() -> bool:
+        return all(
+            r.worker.metrics.registry.get_sample_value("session_consumer_assigned_partitions") == 2
+            for r in (a, b)
+        )
+
+    await eventually(split, timeout=60)
+    await produce(producer, topic, count=4000, rate=None, seed=33)
+    await eventually(lambda: counted(a) + counted(b) == 4000, timeout=60)
+    assert counted(a) > 0
+    assert counted(b) > 0
+
+    want = expected_totals(corpus(seed=33, count=4000))
+    totals: dict[tuple[str, str], float] = {}
+    cost: dict[tuple[str, str], float] = {}
+    for run in (a, b):
+        values = series_values(run.worker.metrics.registry)
+        for key, v in values["llm_sessions_total"].items():
+            totals[key] = totals.get(key, 0.0) + v
+            cost[key] = cost.get(key, 0.0) + values["llm_session_cost_total"][key]
+    assert totals == {key: float(t.sessions) for key, t in want.items()}
+    for key, t in want.items():
+        assert math.isclose(cost[key], t.cost, rel_tol=1e-9)
+
+
+async def test_readyz_is_503_for_a_worker_without_partitions(
+    broker: EmbeddedBroker,
+    new_topic: TopicFactory,
+    start_worker: WorkerFactory,
+) -> None:
+    topic = await new_topic(partitions=1)
+    settings = settings_for(broker.bootstrap, topic, **FAST_GROUP)
+    a = await start_worker(settings)
+
+    async def status(run: Running, path: str) -> int:
+        async with aiohttp.ClientSession() as http, http.get(run.url + path) as response:
+            return response.status
+
+    deadline = asyncio.get_running_loop().time() + 30
+    while await status(a, "/readyz") != 200:
+        assert asyncio.get_running_loop().time() < deadline, "first worker never became ready"
+        await asyncio.sleep(0.2)
+    b = await start_worker(settings)
+    await asyncio.sleep(8)  # let the group settle: one partition, two members
+    statuses = sorted([await status(a, "/readyz"), await status(b, "/readyz")])
+    assert statuses == [200, 503]
+    assert await status(a, "/healthz") == 200
+    assert await status(b, "/healthz") == 200
+    await a.stop()
+    deadline = asyncio.get_running_loop().time() + 30
+    while await status(b, "/readyz") != 200:
+        assert asyncio.get_running_loop().time() < deadline, "second worker never took over"
+        await asyncio.sleep(0.2)
