@@ -16,6 +16,7 @@ class Reason(StrEnum):
     TOO_LARGE = "too_large"
     NOT_UTF8 = "not_utf8"
     MALFORMED_JSON = "malformed_json"
+    TOO_DEEP = "too_deep"
     NOT_AN_OBJECT = "not_an_object"
     MISSING_FIELD = "missing_field"
     WRONG_TYPE = "wrong_type"
@@ -46,6 +47,10 @@ def decode(value: bytes, max_bytes: int) -> CreateSessionResponseBody | Invalid:
     except UnicodeDecodeError as exc:
         # msgspec lets this escape for invalid UTF-8 inside a JSON string.
         return Invalid(Reason.NOT_UTF8, str(exc))
+    except RecursionError:
+        # Deep nesting (even inside an ignored unknown field) exhausts the C stack
+        # guard; a message must never be able to crash the worker.
+        return Invalid(Reason.TOO_DEEP, "JSON nested too deeply")
 
 
 def classify(message: str) -> Reason:

@@ -1,6 +1,7 @@
 """Kafka connection settings to aiokafka keyword arguments (TLS context, SASL credentials)."""
 
 import ssl
+from pathlib import Path
 from typing import Any
 
 from aiokafka.helpers import create_ssl_context
@@ -8,9 +9,10 @@ from aiokafka.helpers import create_ssl_context
 from consumer.settings import KafkaSettings
 
 
-def _read_secret(path: Any) -> str:
-    # A trailing newline from `echo secret > file` or a Kubernetes Secret is not part of it.
-    return str(path.read_text(encoding="utf-8")).strip()
+def _read_secret(path: Path) -> str:
+    # A trailing newline from `echo secret > file` is not part of the secret; other
+    # whitespace may be, so only line endings are dropped.
+    return path.read_text(encoding="utf-8").rstrip("\r\n")
 
 
 def client_kwargs(s: KafkaSettings) -> dict[str, Any]:

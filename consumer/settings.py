@@ -312,7 +312,15 @@ def _check_security(s: KafkaSettings) -> None:
             raise ConfigError(
                 "SESSION_METRICS_SASL_PASSWORD: give exactly one of it and --sasl-password-file"
             )
-    elif s.sasl_mechanism or s.sasl_username or s.sasl_password or s.sasl_password_file:
+    elif any(
+        (
+            s.sasl_mechanism,
+            s.sasl_username,
+            s.sasl_username_file,
+            s.sasl_password,
+            s.sasl_password_file,
+        )
+    ):
         raise ConfigError(
             "--security-protocol / SESSION_METRICS_SECURITY_PROTOCOL: SASL settings "
             f"given but the protocol is {s.security_protocol}"

@@ -88,7 +88,8 @@ async def start_worker(broker: EmbeddedBroker) -> AsyncIterator[WorkerFactory]:
             started.set_result(Running(worker, server, task))
 
         task = asyncio.create_task(serve(settings, on_started=on_started, handle_signals=False))
-        done, _ = await asyncio.wait({started, task}, return_when=asyncio.FIRST_COMPLETED)
+        waiting: set[asyncio.Future[Any]] = {started, task}
+        done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
         if task in done:
             task.result()
         run = started.result()
@@ -103,10 +104,10 @@ async def start_worker(broker: EmbeddedBroker) -> AsyncIterator[WorkerFactory]:
             await asyncio.wait_for(run.task, 30)
 
 
-async def eventually(check: Callable[[], bool], timeout: float = 30.0, every: float = 0.1) -> None:
+async def eventually(check: Callable[[], bool], within: float = 30.0) -> None:
     """Wait until `check()` is true; fail with a clear message after `timeout` seconds."""
-    deadline = asyncio.get_running_loop().time() + timeout
+    deadline = asyncio.get_running_loop().time() + within
     while not check():
         if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        await asyncio.sleep(every)
+            raise AssertionError(f"condition not met within {within}s")
+        await asyncio.sleep(0.1)

@@ -127,6 +127,8 @@ def test_bad_value_is_invalid_with_reason_and_detail(
 def test_every_reason_but_the_fallback_is_produced_by_a_realistic_input() -> None:
     produced = {decode(v, MAX_BYTES).reason for _, v, _, _ in CASES}  # type: ignore[union-attr]
     produced.add(decode(b"x" * 11, 10).reason)  # type: ignore[union-attr]
+    deep = b'{"x":' + b"[" * 5000 + b"]" * 5000 + b"}"
+    produced.add(decode(deep, MAX_BYTES).reason)  # type: ignore[union-attr]
 
     assert produced == set(Reason) - {Reason.INVALID_VALUE}
 
@@ -199,6 +201,7 @@ def test_deeply_nested_unknown_field_is_invalid_not_an_exception(shape: str) -> 
     result = decode(value, MAX_BYTES)
 
     assert isinstance(result, Invalid)
+    assert result.reason is Reason.TOO_DEEP
 
 
 # --- property: decode never raises -------------------------------------------------------------

@@ -42,7 +42,7 @@ async def test_restarted_worker_resumes_from_committed_offsets(
     everything = corpus(seed=21, count=2000)
     await produce(producer, topic, count=2000, rate=None, seed=21, skip=1200)
     second = await start_worker(settings)
-    await eventually(lambda: counted(second) == 800, timeout=60)
+    await eventually(lambda: counted(second) == 800, within=60)
     await asyncio.sleep(1)  # nothing more arrives: the first 1200 were not re-read
     assert counted(second) == 800
     got = series_values(second.worker.metrics.registry)["llm_sessions_total"]
@@ -67,9 +67,9 @@ async def test_two_workers_in_one_group_split_partitions_and_sum_exactly(
             for r in (a, b)
         )
 
-    await eventually(split, timeout=60)
+    await eventually(split, within=60)
     await produce(producer, topic, count=4000, rate=None, seed=33)
-    await eventually(lambda: counted(a) + counted(b) == 4000, timeout=60)
+    await eventually(lambda: counted(a) + counted(b) == 4000, within=60)
     assert counted(a) > 0
     assert counted(b) > 0
 

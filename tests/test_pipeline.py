@@ -3,7 +3,7 @@
 import math
 
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 
 from consumer.broker import EmbeddedBroker
 from consumer.metrics import ConsumerMetrics
@@ -90,7 +90,7 @@ async def test_invalid_messages_go_to_the_dead_letter_topic_and_the_worker_keeps
     reader = AIOKafkaConsumer(dlq, bootstrap_servers=broker.bootstrap, auto_offset_reset="earliest")
     await reader.start()
     try:
-        got = []
+        got: list[ConsumerRecord[bytes, bytes]] = []
         while len(got) < len(bad):
             for records in (await reader.getmany(timeout_ms=1000)).values():
                 got.extend(records)
