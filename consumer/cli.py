@@ -3,6 +3,7 @@
 import argparse
 import asyncio
 import logging
+import math
 import sys
 from collections.abc import Sequence
 
@@ -86,14 +87,13 @@ def _produce(args: argparse.Namespace) -> int:
     from consumer.security import client_kwargs  # noqa: PLC0415
 
     kafka = kafka_settings(args)
-    if args.count < 0 or args.rate < 0:
-        raise ConfigError("--count / --rate: must not be negative")
+    _check_produce_args(args)
     logs.configure("info")
 
     async def go() -> None:
         producer = AIOKafkaProducer(linger_ms=5, **client_kwargs(kafka))
-        await producer.start()
         try:
+            await producer.start()
             stats = await produce(
                 producer,
                 args.topic,
@@ -119,9 +119,28 @@ def _produce(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_produce_args(args: argparse.Namespace) -> None:
+    if args.count < 0:
+        raise ConfigError("--count: must not be negative")
+    if not (math.isfinite(args.rate) and args.rate >= 0):
+        raise ConfigError("--rate: must be a finite number >= 0")
+    for flag, value in (
+        ("--invalid-ratio", args.invalid_ratio),
+        ("--duplicate-ratio", args.duplicate_ratio),
+    ):
+        if not 0 <= value <= 1:
+            raise ConfigError(f"{flag}: must be between 0 and 1")
+
+
 def _demo(args: argparse.Namespace) -> int:
     from consumer.demo import demo  # noqa: PLC0415
 
+    if not 0 <= args.metrics_port <= 65535:
+        raise ConfigError("--metrics-port: must be an integer in 0..65535")
+    if not (math.isfinite(args.rate) and args.rate > 0):
+        raise ConfigError("--rate: must be a positive number")
+    if not (math.isfinite(args.duration) and args.duration >= 0):
+        raise ConfigError("--duration: must be a number >= 0")
     logs.configure("error")  # the demo sends malformed events on purpose
     asyncio.run(demo(port=args.metrics_port, rate=args.rate, duration=args.duration or None))
     return 0

@@ -34,10 +34,10 @@ class JsonFormatter(logging.Formatter):
 def configure(level: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
+    handler.addFilter(RepeatFilter(prefix="aiokafka"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    # aiokafka logs every failed connection attempt at ERROR; our own lines say it once.
     logging.getLogger("aiokafka").setLevel(max(logging.WARNING, root.level))
 
 
@@ -64,3 +64,33 @@ class RateLimit:
     def take_suppressed(self) -> int:
         n, self.suppressed = self.suppressed, 0
         return n
+
+
+class RepeatFilter(logging.Filter):
+    """Let each distinct message template of loggers under `prefix` through a few times
+    per interval: during a broker outage aiokafka logs every failed attempt, ten a second.
+
+    The next line that passes carries `suppressed`, the count dropped meanwhile.
+    """
+
+    def __init__(self, prefix: str, per_interval: int = 3, interval: float = 30.0) -> None:
+        super().__init__()
+        self._prefix = prefix
+        self._limits: dict[str, RateLimit] = {}
+        self._per_interval, self._interval = per_interval, interval
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith(self._prefix):
+            return True
+        key = f"{record.name}:{record.msg}"
+        limit = self._limits.get(key)
+        if limit is None:
+            if len(self._limits) > 1000:  # templates are few; never grow without bound
+                self._limits.clear()
+            limit = self._limits[key] = RateLimit(self._per_interval, self._interval)
+        if not limit.allow():
+            return False
+        suppressed = limit.take_suppressed()
+        if suppressed:
+            record.suppressed = suppressed
+        return True

@@ -30,6 +30,7 @@ from prometheus_client.registry import Collector
 
 from consumer import __version__
 from consumer.aggregate import Buckets, SeriesKey, Totals
+from consumer.decode import Reason
 
 # `_created` samples double the series count and no dashboard of ours reads them.
 disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -241,7 +242,7 @@ class ConsumerMetrics:
         )
         self.batch_seconds = Histogram(
             p + "batch_duration_seconds",
-            "Time to decode, aggregate and apply one batch.",
+            "Time to process one batch: decode, dead-letter, dedup, aggregate, apply.",
             registry=r,
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
         )
@@ -256,8 +257,11 @@ class ConsumerMetrics:
         )
         self.business = BusinessMetrics(buckets, max_series, self.series_overflow)
         r.register(self.business)
+        # Every label value exists from the start, so rate() sees the first increase.
         for outcome in ("counted", "duplicate", "invalid", "tombstone"):
             self.messages.labels(outcome)
+        for reason in Reason:
+            self.invalid.labels(reason.value)
 
     def register_lag(self, read: Callable[[], Iterable[PartitionLag]]) -> None:
         self.registry.register(LagCollector(read))

@@ -11,8 +11,9 @@ import argparse
 import itertools
 import math
 import os
+import ssl
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -336,11 +337,27 @@ def _check_security(s: KafkaSettings) -> None:
             "--ssl-keyfile / SESSION_METRICS_SSL_KEYFILE: --ssl-certfile and "
             "--ssl-keyfile go together"
         )
+    _check_pem(s)
+
+
+def _check_pem(s: KafkaSettings) -> None:
+    """Load the TLS files now: a broken PEM is a configuration error, not a crash later."""
+    context = ssl.create_default_context()
+    try:
+        if s.ssl_cafile is not None:
+            context.load_verify_locations(cafile=s.ssl_cafile)
+    except (ssl.SSLError, OSError) as exc:
+        raise ConfigError(
+            f"--ssl-cafile / SESSION_METRICS_SSL_CAFILE: cannot load: {exc}"
+        ) from None
+    try:
+        if s.ssl_certfile is not None:
+            context.load_cert_chain(s.ssl_certfile, s.ssl_keyfile)
+    except (ssl.SSLError, OSError) as exc:
+        raise ConfigError(
+            f"--ssl-certfile / SESSION_METRICS_SSL_CERTFILE: cannot load with --ssl-keyfile: {exc}"
+        ) from None
 
 
 def all_options() -> tuple[Option, ...]:
     return (*KAFKA_OPTIONS, *RUN_OPTIONS)
-
-
-def setting_names() -> list[str]:
-    return [f.name for f in fields(Settings)]

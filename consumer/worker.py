@@ -81,6 +81,13 @@ class Worker:
         return self.connected and bool(self._consumer and self._consumer.assignment())
 
     def healthy(self) -> bool:
+        """False only when the consume loop has stopped iterating for `stall_timeout`.
+
+        Before the loop starts (still waiting for Kafka) the process is healthy:
+        restarting it would not bring the broker back.
+        """
+        if self._consumer is None:
+            return True
         return time.monotonic() - self.heartbeat < self.settings.stall_timeout
 
     def partition_lag(self) -> Iterable[PartitionLag]:
@@ -178,6 +185,7 @@ class Worker:
                 delay = min(delay * 2, 30.0)
                 continue
             self._consumer = consumer
+            self.heartbeat = time.monotonic()
             consumer.subscribe(list(s.topic), listener=CommitOnRevoke(self))
             self.connected = True
             if s.dlq_topic:
@@ -245,7 +253,8 @@ class Worker:
         self._apply(batch, events, rejected, dead, tombstones)
         self.metrics.batch_seconds.observe(time.perf_counter() - started)
         self.metrics.batch_records.observe(records)
-        await self.commit_processed(batch.keys())
+        # All assigned partitions, so a commit that failed earlier is retried now.
+        await self.commit_processed(self._assignment())
 
     async def _send_dead_letters(self, rejected: list[Rejected]) -> tuple[int, int]:
         if not rejected or self._dead_letter is None:
@@ -322,6 +331,9 @@ class Worker:
         self.metrics.commits.inc()
         for tp, meta in offsets.items():
             self._progress[tp].committed = meta.offset
+
+    def _assignment(self) -> set[TopicPartition]:
+        return set(self._consumer.assignment()) if self._consumer is not None else set()
 
     def on_assigned(self, assigned: set[TopicPartition]) -> None:
         self.metrics.rebalances.inc()
