@@ -55,6 +55,9 @@ class EmbeddedBroker:
             ],
             stdout=out,
             stderr=subprocess.STDOUT,
+            # Its own session: Ctrl-C in the terminal must reach the demo, which
+            # drains and commits, and not kill the broker under it first.
+            start_new_session=True,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -200,10 +200,9 @@ class Worker:
         return False
 
     async def _close(self) -> None:
-        if self._consumer is not None:
-            await self._consumer.stop()
-        if self._producer is not None:
-            await self._producer.stop()
+        for client in (self._consumer, self._producer):
+            if client is not None:
+                await _stop_client(client)
         self.connected = False
         log.info("consumer stopped")
 
@@ -369,3 +368,22 @@ class Worker:
             if progress.position is None:
                 with contextlib.suppress(KafkaError, AssertionError, TimeoutError):
                     progress.fetch_position = await asyncio.wait_for(consumer.position(tp), 1.0)
+
+
+async def _stop_client(client: AIOKafkaConsumer | AIOKafkaProducer) -> None:
+    """Stop an aiokafka client; never let its internals abort the rest of the shutdown."""
+    try:
+        await client.stop()
+    except asyncio.CancelledError:
+        # With the broker gone, aiokafka's fetcher.close() re-raises the
+        # CancelledError of its own retry task. Swallow only that one: if this
+        # task itself is being cancelled, propagate.
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise
+        log.warning("kafka client stopped uncleanly", extra={"client": type(client).__name__})
+    except KafkaError as exc:
+        log.warning(
+            "kafka client stopped uncleanly",
+            extra={"client": type(client).__name__, "error": repr(exc)},
+        )

@@ -146,3 +146,36 @@ def test_demo_runs_and_stops_by_itself() -> None:
     assert summaries
     assert int(summaries[-1].split("|")[1].split()[0]) > 0  # sessions counted
     assert "stopped cleanly" in result.stdout
+
+
+@pytest.mark.broker
+async def test_demo_stops_cleanly_on_ctrl_c_to_its_process_group() -> None:
+    # A terminal's Ctrl-C signals the whole process group, broker included.
+    port = free_port()
+    proc = await asyncio.create_subprocess_exec(
+        *CLI,
+        "demo",
+        "--metrics-port",
+        str(port),
+        "--rate",
+        "500",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        start_new_session=True,
+    )
+    try:
+        assert proc.stdout is not None
+        deadline = time.monotonic() + 60
+        while True:
+            line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode()
+            if "events/s" in line and int(line.split("|")[1].split()[0]) > 0:
+                break
+            assert time.monotonic() < deadline, "demo never counted a session"
+        os.killpg(proc.pid, signal.SIGINT)
+        stdout, stderr = await asyncio.wait_for(proc.communicate(), 30)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+    assert proc.returncode == 0, stderr.decode()[-2000:]
+    assert b"stopped cleanly" in stdout
+    assert b"Traceback" not in stderr
