@@ -179,3 +179,40 @@ async def test_demo_stops_cleanly_on_ctrl_c_to_its_process_group() -> None:
     assert proc.returncode == 0, stderr.decode()[-2000:]
     assert b"stopped cleanly" in stdout
     assert b"Traceback" not in stderr
+
+
+@pytest.mark.broker
+async def test_produce_command_sends_the_requested_count(
+    broker: EmbeddedBroker, new_topic: TopicFactory
+) -> None:
+    topic = await new_topic(partitions=2)
+    proc = await asyncio.create_subprocess_exec(
+        *CLI,
+        "produce",
+        "--bootstrap-servers",
+        broker.bootstrap,
+        "--topic",
+        topic,
+        "--count",
+        "700",
+        "--seed",
+        "3",
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, stderr = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, stderr.decode()[-2000:]
+    assert b'"events": 700' in stderr
+
+    reader = AIOKafkaConsumer(
+        topic, bootstrap_servers=broker.bootstrap, auto_offset_reset="earliest"
+    )
+    await reader.start()
+    try:
+        seen = 0
+        deadline = time.monotonic() + 30
+        while seen < 700 and time.monotonic() < deadline:
+            batch = await reader.getmany(timeout_ms=500)
+            seen += sum(len(records) for records in batch.values())
+    finally:
+        await reader.stop()
+    assert seen == 700

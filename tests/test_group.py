@@ -73,6 +73,20 @@ async def test_two_workers_in_one_group_split_partitions_and_sum_exactly(
     assert counted(a) > 0
     assert counted(b) > 0
 
+    # Each worker reports lag only for its own partitions: together all four, once.
+    def lag_partitions(run: Running) -> set[str]:
+        return {
+            s.labels["partition"]
+            for family in run.worker.metrics.registry.collect()
+            if family.name == "session_consumer_lag_records"
+            for s in family.samples
+            if s.value == 0
+        }
+
+    await eventually(lambda: len(lag_partitions(a)) == len(lag_partitions(b)) == 2)
+    assert lag_partitions(a).isdisjoint(lag_partitions(b))
+    assert lag_partitions(a) | lag_partitions(b) == {"0", "1", "2", "3"}
+
     want = expected_totals(corpus(seed=33, count=4000))
     totals: dict[tuple[str, str], float] = {}
     cost: dict[tuple[str, str], float] = {}
