@@ -3,11 +3,13 @@
 import argparse
 import asyncio
 import contextlib
+import inspect
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import aiohttp
 import pytest
 from aiokafka import AIOKafkaProducer
 
@@ -72,6 +74,20 @@ class Running:
         self.worker.stop()
         await asyncio.wait_for(self.task, 30)
 
+    def counted(self) -> float:
+        """session_consumer_messages_total{outcome="counted"} of this worker."""
+        registry = self.worker.metrics.registry
+        value = registry.get_sample_value("session_consumer_messages_total", {"outcome": "counted"})
+        return value or 0.0
+
+    async def status(self, path: str) -> int:
+        """HTTP status of GET `path` on this worker's server."""
+        async with aiohttp.ClientSession() as http, http.get(self.url + path) as response:
+            return response.status
+
+    async def is_ready(self) -> bool:
+        return await self.status("/readyz") == 200
+
 
 WorkerFactory = Callable[..., Awaitable[Running]]
 
@@ -104,10 +120,15 @@ async def start_worker(broker: EmbeddedBroker) -> AsyncIterator[WorkerFactory]:
             await asyncio.wait_for(run.task, 30)
 
 
-async def eventually(check: Callable[[], bool], within: float = 30.0) -> None:
-    """Wait until `check()` is true; fail with a clear message after `timeout` seconds."""
+async def eventually(check: Callable[[], bool | Awaitable[bool]], within: float = 30.0) -> None:
+    """Wait until `check()` (sync or async) is true; fail after `within` seconds."""
     deadline = asyncio.get_running_loop().time() + within
-    while not check():
+    while True:
+        result = check()
+        if inspect.isawaitable(result):
+            result = await result
+        if result:
+            return
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"condition not met within {within}s")
         await asyncio.sleep(0.1)

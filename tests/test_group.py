@@ -3,7 +3,6 @@
 import asyncio
 import math
 
-import aiohttp
 import pytest
 from aiokafka import AIOKafkaProducer
 
@@ -18,13 +17,6 @@ pytestmark = pytest.mark.broker
 FAST_GROUP = {"session_timeout_ms": 6000, "heartbeat_interval_ms": 1000}
 
 
-def counted(run: Running) -> float:
-    value = run.worker.metrics.registry.get_sample_value(
-        "session_consumer_messages_total", {"outcome": "counted"}
-    )
-    return value or 0.0
-
-
 async def test_restarted_worker_resumes_from_committed_offsets(
     broker: EmbeddedBroker,
     new_topic: TopicFactory,
@@ -35,16 +27,16 @@ async def test_restarted_worker_resumes_from_committed_offsets(
     settings = settings_for(broker.bootstrap, topic, **FAST_GROUP)
     await produce(producer, topic, count=1200, rate=None, seed=21)
     first = await start_worker(settings)
-    await eventually(lambda: counted(first) == 1200)
+    await eventually(lambda: first.counted() == 1200)
     await first.stop()
 
     # Events 1200..1999 of the same seeded stream, produced while no worker runs.
     everything = corpus(seed=21, count=2000)
     await produce(producer, topic, count=2000, rate=None, seed=21, skip=1200)
     second = await start_worker(settings)
-    await eventually(lambda: counted(second) == 800, within=60)
+    await eventually(lambda: second.counted() == 800, within=60)
     await asyncio.sleep(1)  # nothing more arrives: the first 1200 were not re-read
-    assert counted(second) == 800
+    assert second.counted() == 800
     got = series_values(second.worker.metrics.registry)["llm_sessions_total"]
     want = expected_totals(everything[1200:])
     assert got == {key: float(t.sessions) for key, t in want.items()}
@@ -69,9 +61,9 @@ async def test_two_workers_in_one_group_split_partitions_and_sum_exactly(
 
     await eventually(split, within=60)
     await produce(producer, topic, count=4000, rate=None, seed=33)
-    await eventually(lambda: counted(a) + counted(b) == 4000, within=60)
-    assert counted(a) > 0
-    assert counted(b) > 0
+    await eventually(lambda: a.counted() + b.counted() == 4000, within=60)
+    assert a.counted() > 0
+    assert b.counted() > 0
 
     # Each worker reports lag only for its own partitions: together all four, once.
     def lag_partitions(run: Running) -> set[str]:
@@ -109,22 +101,12 @@ async def test_readyz_is_503_for_a_worker_without_partitions(
     settings = settings_for(broker.bootstrap, topic, **FAST_GROUP)
     a = await start_worker(settings)
 
-    async def status(run: Running, path: str) -> int:
-        async with aiohttp.ClientSession() as http, http.get(run.url + path) as response:
-            return response.status
-
-    deadline = asyncio.get_running_loop().time() + 30
-    while await status(a, "/readyz") != 200:
-        assert asyncio.get_running_loop().time() < deadline, "first worker never became ready"
-        await asyncio.sleep(0.2)
+    await eventually(a.is_ready)
     b = await start_worker(settings)
     await asyncio.sleep(8)  # let the group settle: one partition, two members
-    statuses = sorted([await status(a, "/readyz"), await status(b, "/readyz")])
+    statuses = sorted([await a.status("/readyz"), await b.status("/readyz")])
     assert statuses == [200, 503]
-    assert await status(a, "/healthz") == 200
-    assert await status(b, "/healthz") == 200
+    assert await a.status("/healthz") == 200
+    assert await b.status("/healthz") == 200
     await a.stop()
-    deadline = asyncio.get_running_loop().time() + 30
-    while await status(b, "/readyz") != 200:
-        assert asyncio.get_running_loop().time() < deadline, "second worker never took over"
-        await asyncio.sleep(0.2)
+    await eventually(b.is_ready)
