@@ -49,12 +49,12 @@ class HttpServer:
 
     def __init__(self, app: web.Application, host: str, port: int) -> None:
         self._runner = web.AppRunner(app, access_log=None)
-        self._host, self._port = host, port
+        self._host = host
         self.port = port
 
     async def start(self) -> None:
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self._host, self._port)
+        site = web.TCPSite(self._runner, self._host, self.port)
         await site.start()
         # aiohttp has no public accessor for the bound port (needed with port 0).
         sockets = getattr(site._server, "sockets", None)

@@ -51,9 +51,6 @@ class BusinessMetrics(Collector):
     def __len__(self) -> int:
         return len(self._series)
 
-    def get(self, key: SeriesKey) -> Totals | None:
-        return self._series.get(key)
-
     def grand_total(self) -> tuple[float, float]:
         """(sessions, cost) over every series: for the demo's summary line."""
         series = self._series.values()
