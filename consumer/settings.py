@@ -13,7 +13,7 @@ import math
 import os
 import ssl
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +107,13 @@ def _existing_file(raw: str) -> Path:
     return path
 
 
+def _basic_auth_user(raw: str) -> str:
+    value = _text(raw)
+    if ":" in value:  # RFC 7617: the user-id ends at the first colon
+        raise ValueError("must not contain ':'")
+    return value
+
+
 def _bool(raw: str) -> bool:
     value = raw.strip().lower()
     if value in {"1", "true", "yes", "on"}:
@@ -187,6 +194,27 @@ RUN_OPTIONS: tuple[Option, ...] = (
 )
 
 
+HTTP_OPTIONS: tuple[Option, ...] = (
+    Option("metrics_tls_certfile", _existing_file, None, "certificate chain (PEM): serve HTTPS"),
+    Option(
+        "metrics_tls_keyfile", _existing_file, None, "private key (PEM) of --metrics-tls-certfile"
+    ),
+    Option("metrics_auth_username", _basic_auth_user, None, "basic-auth user required on /metrics"),
+    Option(
+        "metrics_auth_password",
+        _text,
+        None,
+        "basic-auth password (environment only)",
+        flag_allowed=False,
+    ),
+    Option(
+        "metrics_auth_password_file", _existing_file, None, "file holding the basic-auth password"
+    ),
+)
+
+REQUIRED = ("bootstrap_servers", "topic")
+
+
 @dataclass(frozen=True)
 class KafkaSettings:
     bootstrap_servers: str
@@ -204,6 +232,17 @@ class KafkaSettings:
 
     def __repr__(self) -> str:  # never let the password reach a log line
         return f"KafkaSettings(bootstrap_servers={self.bootstrap_servers!r}, ...)"
+
+
+@dataclass(frozen=True)
+class HttpSettings:
+    """Optional TLS and basic auth of the metrics server (all off by default)."""
+
+    metrics_tls_certfile: Path | None = None
+    metrics_tls_keyfile: Path | None = None
+    metrics_auth_username: str | None = None
+    metrics_auth_password: str | None = field(default=None, repr=False)
+    metrics_auth_password_file: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -227,6 +266,7 @@ class Settings:
     tokens_buckets: tuple[float, ...]
     cost_buckets: tuple[float, ...]
     log_level: str
+    http: HttpSettings = field(default_factory=HttpSettings)
 
 
 def add_arguments(parser: argparse.ArgumentParser, options: Sequence[Option]) -> None:
@@ -287,12 +327,20 @@ def run_settings(args: argparse.Namespace, environ: Mapping[str, str] | None = N
             "--heartbeat-interval-ms / SESSION_METRICS_HEARTBEAT_INTERVAL_MS: "
             "must be at most a third of --session-timeout-ms"
         )
-    return Settings(kafka=kafka, **values)
+    return Settings(kafka=kafka, http=http_settings(args, environ), **values)
+
+
+def http_settings(
+    args: argparse.Namespace, environ: Mapping[str, str] | None = None
+) -> HttpSettings:
+    settings = HttpSettings(**resolve(HTTP_OPTIONS, args, environ))
+    _check_http(settings)
+    return settings
 
 
 def _require(values: dict[str, Any], name: str) -> None:
     if values[name] is None:
-        opt = next(o for o in (*KAFKA_OPTIONS, *RUN_OPTIONS) if o.name == name)
+        opt = next(o for o in all_options() if o.name == name)
         raise ConfigError(f"{opt.flag} / {opt.env}: required")
 
 
@@ -313,6 +361,10 @@ def _check_security(s: KafkaSettings) -> None:
             raise ConfigError(
                 "SESSION_METRICS_SASL_PASSWORD: give exactly one of it and --sasl-password-file"
             )
+        for name in ("sasl_username_file", "sasl_password_file"):
+            path = getattr(s, name)
+            if path is not None:
+                _check_secret_file(path, name)
     elif any(
         (
             s.sasl_mechanism,
@@ -359,5 +411,76 @@ def _check_pem(s: KafkaSettings) -> None:
         ) from None
 
 
+def _check_http(s: HttpSettings) -> None:
+    _check_http_tls(s)
+    _check_http_auth(s)
+
+
+def _check_http_tls(s: HttpSettings) -> None:
+    if (s.metrics_tls_certfile is None) != (s.metrics_tls_keyfile is None):
+        raise ConfigError(
+            "--metrics-tls-keyfile / SESSION_METRICS_METRICS_TLS_KEYFILE: "
+            "--metrics-tls-certfile and --metrics-tls-keyfile go together"
+        )
+    if s.metrics_tls_certfile is None:
+        return
+    try:  # load now: a key that does not match the certificate fails here, not at start-up
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(
+            s.metrics_tls_certfile, s.metrics_tls_keyfile
+        )
+    except (ssl.SSLError, OSError) as exc:
+        raise ConfigError(
+            "--metrics-tls-certfile / SESSION_METRICS_METRICS_TLS_CERTFILE: "
+            f"cannot load with --metrics-tls-keyfile: {exc}"
+        ) from None
+
+
+def _check_http_auth(s: HttpSettings) -> None:
+    password_given = (s.metrics_auth_password, s.metrics_auth_password_file) != (None, None)
+    if s.metrics_auth_username is None:
+        if password_given:
+            raise ConfigError(
+                "--metrics-auth-username / SESSION_METRICS_METRICS_AUTH_USERNAME: "
+                "required with a basic-auth password"
+            )
+        return
+    if (s.metrics_auth_password is None) == (s.metrics_auth_password_file is None):
+        raise ConfigError(
+            "SESSION_METRICS_METRICS_AUTH_PASSWORD: give exactly one of it and "
+            "--metrics-auth-password-file with --metrics-auth-username"
+        )
+    if s.metrics_auth_password_file is not None:
+        _check_secret_file(s.metrics_auth_password_file, "metrics_auth_password_file")
+
+
+def _check_secret_file(path: Path, name: str) -> None:
+    """Read it now: an unreadable or empty secret file is a configuration error."""
+    opt = next(o for o in all_options() if o.name == name)
+    try:
+        secret = path.read_text(encoding="utf-8").rstrip("\r\n")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{opt.flag} / {opt.env}: cannot read: {exc}") from None
+    if not secret:
+        raise ConfigError(f"{opt.flag} / {opt.env}: the file is empty")
+
+
 def all_options() -> tuple[Option, ...]:
-    return (*KAFKA_OPTIONS, *RUN_OPTIONS)
+    return (*KAFKA_OPTIONS, *RUN_OPTIONS, *HTTP_OPTIONS)
+
+
+def options_table(options: Sequence[Option]) -> str:
+    """The README's Markdown table of `options` (`python -m consumer.settings` prints them all)."""
+    lines = ["| Flag | Environment variable | Default | Meaning |", "|---|---|---|---|"]
+    for opt in options:
+        flag = f"`{opt.flag}`" if opt.flag_allowed else "*(none: env or file only)*"
+        if opt.name in REQUIRED:
+            default = "**required**"
+        else:
+            default = "—" if opt.default is None else f"`{opt.default}`"
+        lines.append(f"| {flag} | `{opt.env}` | {default} | {opt.help} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    for group in (KAFKA_OPTIONS, RUN_OPTIONS, HTTP_OPTIONS):
+        print(options_table(group), end="\n\n")
