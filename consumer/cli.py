@@ -12,6 +12,7 @@ from aiokafka.errors import KafkaError
 
 from consumer import __version__, logs
 from consumer.settings import (
+    HTTP_OPTIONS,
     KAFKA_OPTIONS,
     RUN_OPTIONS,
     ConfigError,
@@ -32,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = commands.add_parser("run", help="consume a topic and serve /metrics")
-    add_arguments(run, (*KAFKA_OPTIONS, *RUN_OPTIONS))
+    add_arguments(run, (*KAFKA_OPTIONS, *RUN_OPTIONS, *HTTP_OPTIONS))
 
     produce = commands.add_parser("produce", help="send synthetic events to a topic")
     add_arguments(produce, KAFKA_OPTIONS)
@@ -84,13 +85,14 @@ def _run(args: argparse.Namespace) -> int:
 
 def _produce(args: argparse.Namespace) -> int:
     from consumer.produce import produce  # noqa: PLC0415
-    from consumer.security import client_kwargs  # noqa: PLC0415
+    from consumer.security import client_kwargs, raise_if_refused  # noqa: PLC0415
 
     kafka = kafka_settings(args)
     _check_produce_args(args)
     logs.configure("info")
 
     async def go() -> None:
+        await raise_if_refused(kafka)
         producer = AIOKafkaProducer(linger_ms=5, **client_kwargs(kafka))
         try:
             await producer.start()

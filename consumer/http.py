@@ -1,16 +1,29 @@
 """One small HTTP server: /metrics, /healthz (loop alive), /readyz (connected and assigned).
 
 It runs on the worker's event loop, so a scrape sees the metrics between
-batches, never half a batch.
+batches, never half a batch. Optionally HTTPS, and basic auth on /metrics
+only: the probes say nothing secret and kubelet probes carry no credentials.
 """
 
 import gzip
-from collections.abc import Callable
-from dataclasses import dataclass
+import hashlib
+import hmac
+import logging
+import ssl
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 
-from aiohttp import web
+from aiohttp import BasicAuth, hdrs, web
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
+
+from consumer.logs import RateLimit
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+CHALLENGE = 'Basic realm="session-metrics", charset="UTF-8"'
 
 
 @dataclass(frozen=True)
@@ -19,8 +32,59 @@ class Probes:
     ready: Callable[[], bool]
 
 
-def make_app(registry: CollectorRegistry, probes: Probes) -> web.Application:
-    async def metrics(request: web.Request) -> web.Response:
+@dataclass(frozen=True)
+class Credentials:
+    """The one basic-auth user and password /metrics accepts."""
+
+    username: str
+    password: str = field(repr=False)
+
+    def match(self, username: str, password: str) -> bool:
+        # Compare fixed-length digests in constant time, user and password both
+        # always, so the answer's timing says nothing about either.
+        user_ok = hmac.compare_digest(_digest(username), _digest(self.username))
+        password_ok = hmac.compare_digest(_digest(password), _digest(self.password))
+        return user_ok & password_ok
+
+
+def _digest(text: str) -> bytes:
+    return hashlib.sha256(text.encode("utf-8")).digest()
+
+
+def require_auth(handler: Handler, credentials: Credentials) -> Handler:
+    """Wrap `handler`: 401 with a Basic challenge unless the request carries `credentials`."""
+    refusals = RateLimit()  # a scanner must not flood the log
+
+    async def guarded(request: web.Request) -> web.StreamResponse:
+        header = request.headers.get(hdrs.AUTHORIZATION)
+        given = None
+        if header is not None:
+            try:
+                given = BasicAuth.decode(header, encoding="utf-8")
+            except ValueError:
+                given = None
+        if given is not None and credentials.match(given.login, given.password):
+            return await handler(request)
+        if refusals.allow():
+            log.warning(
+                "metrics request refused",
+                extra={
+                    "remote": request.remote,
+                    "reason": "no credentials" if header is None else "wrong credentials",
+                    "suppressed_since_last": refusals.take_suppressed(),
+                },
+            )
+        return web.Response(
+            status=401, text="unauthorized\n", headers={hdrs.WWW_AUTHENTICATE: CHALLENGE}
+        )
+
+    return guarded
+
+
+def make_app(
+    registry: CollectorRegistry, probes: Probes, credentials: Credentials | None = None
+) -> web.Application:
+    async def metrics(request: web.Request) -> web.StreamResponse:
         encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
         body = encoder(registry)
         headers = {"Content-Type": content_type}
@@ -38,23 +102,35 @@ def make_app(registry: CollectorRegistry, probes: Probes) -> web.Application:
         return web.Response(status=200 if ok else 503, text="ready\n" if ok else "not ready\n")
 
     app = web.Application()
-    app.router.add_get("/metrics", metrics)
+    app.router.add_get(
+        "/metrics", metrics if credentials is None else require_auth(metrics, credentials)
+    )
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     return app
 
 
 class HttpServer:
-    """Start/stop wrapper; `port` is the bound port (useful with port 0 in tests)."""
+    """Start/stop wrapper; `port` is the bound port (useful with port 0 in tests).
 
-    def __init__(self, app: web.Application, host: str, port: int) -> None:
+    With `ssl_context` it serves HTTPS only, on the same port.
+    """
+
+    def __init__(
+        self, app: web.Application, host: str, port: int, ssl_context: ssl.SSLContext | None = None
+    ) -> None:
         self._runner = web.AppRunner(app, access_log=None)
         self._host = host
+        self._ssl_context = ssl_context
         self.port = port
+
+    @property
+    def scheme(self) -> str:
+        return "http" if self._ssl_context is None else "https"
 
     async def start(self) -> None:
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self._host, self.port)
+        site = web.TCPSite(self._runner, self._host, self.port, ssl_context=self._ssl_context)
         await site.start()
         # aiohttp has no public accessor for the bound port (needed with port 0).
         sockets = getattr(site._server, "sockets", None)

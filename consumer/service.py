@@ -6,6 +6,7 @@ import signal
 from collections.abc import Awaitable, Callable
 
 from consumer.http import HttpServer, Probes, make_app
+from consumer.security import metrics_credentials, metrics_tls_context
 from consumer.settings import Settings
 from consumer.worker import Worker
 
@@ -21,11 +22,18 @@ async def serve(
     """Run until SIGTERM/SIGINT (or `worker.stop()`): drain, commit, close."""
     worker = Worker(settings=settings)
     app = make_app(
-        worker.metrics.registry, Probes(healthy=worker.healthy, ready=lambda: worker.ready)
+        worker.metrics.registry,
+        Probes(healthy=worker.healthy, ready=lambda: worker.ready),
+        metrics_credentials(settings.http),
     )
-    server = HttpServer(app, settings.metrics_host, settings.metrics_port)
+    server = HttpServer(
+        app, settings.metrics_host, settings.metrics_port, metrics_tls_context(settings.http)
+    )
     await server.start()
-    log.info("http server listening", extra={"host": settings.metrics_host, "port": server.port})
+    log.info(
+        "http server listening",
+        extra={"host": settings.metrics_host, "port": server.port, "scheme": server.scheme},
+    )
     loop = asyncio.get_running_loop()
     if handle_signals:
         for sig in (signal.SIGTERM, signal.SIGINT):

@@ -24,7 +24,7 @@ from consumer.dedup import DedupWindow
 from consumer.logs import RateLimit
 from consumer.metrics import ConsumerMetrics, PartitionLag
 from consumer.rebalance import CommitOnRevoke
-from consumer.security import client_kwargs
+from consumer.security import client_kwargs, raise_if_refused
 from consumer.settings import Settings
 from schemas import CreateSessionResponseBody
 
@@ -159,6 +159,8 @@ class Worker:
         kwargs = client_kwargs(s.kafka)
         delay = 0.5
         while not self._stopping.is_set():
+            # A refused certificate or password raises BrokerRefused: retrying cannot help.
+            await raise_if_refused(s.kafka)
             consumer = AIOKafkaConsumer(
                 group_id=s.group_id,
                 enable_auto_commit=False,
