@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint install-prometheus clean
+.PHONY: demo test lint install-prometheus install-stunnel clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,12 +22,19 @@ install-prometheus:
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq prometheus >/dev/null; }
 
+# The Kafka TLS tests put Debian's stunnel4 (a TLS terminator) in front of the
+# broker, and make their certificates with the openssl CLI it depends on.
+install-stunnel:
+	@command -v stunnel4 >/dev/null && command -v openssl >/dev/null || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq stunnel4 >/dev/null; }
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: $(STAMP) install-prometheus lint
+test: $(STAMP) install-prometheus install-stunnel lint
 	$(BIN)/pytest $(ARGS)
 
 clean:

@@ -32,8 +32,20 @@ def broker_binary() -> Path:
 class EmbeddedBroker:
     """A Tansu broker on 127.0.0.1:`port` (a free one by default); a context manager."""
 
-    def __init__(self, port: int | None = None, log_file: Path | None = None) -> None:
+    def __init__(
+        self,
+        port: int | None = None,
+        log_file: Path | None = None,
+        *,
+        advertised_port: int | None = None,
+        authentication: bool = False,
+    ) -> None:
+        """`advertised_port`: the port clients are told to use, when a proxy (a TLS
+        terminator) sits in front. `authentication`: require SASL (Tansu then refuses
+        every login, since its users cannot be created on an in-memory broker)."""
         self.port = port or free_port()
+        self.advertised_port = advertised_port or self.port
+        self.authentication = authentication
         self._log_file = log_file
         self._proc: subprocess.Popen[bytes] | None = None
 
@@ -42,16 +54,16 @@ class EmbeddedBroker:
         return f"127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 15.0) -> None:
-        url = f"tcp://127.0.0.1:{self.port}"
         out = self._log_file.open("ab") if self._log_file else subprocess.DEVNULL
         self._proc = subprocess.Popen(
             [
                 str(broker_binary()),
                 "broker",
                 "--listener-url",
-                url,
+                f"tcp://127.0.0.1:{self.port}",
                 "--advertised-listener-url",
-                url,
+                f"tcp://127.0.0.1:{self.advertised_port}",
+                *(["--authentication"] if self.authentication else []),
             ],
             stdout=out,
             stderr=subprocess.STDOUT,
