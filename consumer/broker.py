@@ -71,6 +71,8 @@ class EmbeddedBroker:
             # drains and commits, and not kill the broker under it first.
             start_new_session=True,
         )
+        if not isinstance(out, int):
+            out.close()  # the broker has its own copy of the descriptor
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:

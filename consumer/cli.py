@@ -68,7 +68,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"session-metrics: configuration error: {exc}", file=sys.stderr)
         return 2
     except KafkaError as exc:
-        print(f"session-metrics: Kafka error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(f"session-metrics: Kafka error: {exc}", file=sys.stderr)  # str() names the error
         return 1
     except KeyboardInterrupt:
         return 130
