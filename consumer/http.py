@@ -5,6 +5,8 @@ batches, never half a batch. Optionally HTTPS, and basic auth on /metrics
 only: the probes say nothing secret and kubelet probes carry no credentials.
 """
 
+import base64
+import binascii
 import gzip
 import hashlib
 import hmac
@@ -13,7 +15,7 @@ import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from aiohttp import BasicAuth, hdrs, web
+from aiohttp import hdrs, web
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
@@ -51,19 +53,27 @@ def _digest(text: str) -> bytes:
     return hashlib.sha256(text.encode("utf-8")).digest()
 
 
+def parse_basic(header: str) -> tuple[str, str] | None:
+    """(user, password) from an `Authorization: Basic ...` value; None if it is not one."""
+    scheme, _, encoded = header.partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    user, colon, password = decoded.partition(":")
+    return (user, password) if colon else None
+
+
 def require_auth(handler: Handler, credentials: Credentials) -> Handler:
     """Wrap `handler`: 401 with a Basic challenge unless the request carries `credentials`."""
     refusals = RateLimit()  # a scanner must not flood the log
 
     async def guarded(request: web.Request) -> web.StreamResponse:
         header = request.headers.get(hdrs.AUTHORIZATION)
-        given = None
-        if header is not None:
-            try:
-                given = BasicAuth.decode(header, encoding="utf-8")
-            except ValueError:
-                given = None
-        if given is not None and credentials.match(given.login, given.password):
+        given = None if header is None else parse_basic(header)
+        if given is not None and credentials.match(*given):
             return await handler(request)
         if refusals.allow():
             log.warning(
