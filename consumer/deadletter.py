@@ -10,6 +10,7 @@ import logging
 from dataclasses import dataclass
 
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
 
 from consumer.decode import Invalid
 
@@ -45,10 +46,7 @@ class DeadLetter:
 
     async def send_all(self, rejected: list[Rejected]) -> tuple[int, int]:
         """Produce every rejected message and wait for the acks; returns (sent, failed)."""
-        futures = [
-            await self._producer.send(self.topic, value=r.value, key=r.key, headers=dlq_headers(r))
-            for r in rejected
-        ]
+        futures = [await self._send(r) for r in rejected]
         results = await asyncio.gather(*futures, return_exceptions=True)
         failed = 0
         for r, result in zip(rejected, results, strict=True):
@@ -64,3 +62,17 @@ class DeadLetter:
                     },
                 )
         return len(rejected) - failed, failed
+
+    async def _send(self, r: Rejected) -> "asyncio.Future[object]":
+        try:
+            sent: asyncio.Future[object] = await self._producer.send(
+                self.topic, value=r.value, key=r.key, headers=dlq_headers(r)
+            )
+        except KafkaError as exc:
+            # send() raises at once for a record it cannot even queue (one over the
+            # producer's max_request_size, i.e. any too_large value bigger than 1 MiB):
+            # a failed dead-letter, never an error that stops the worker.
+            failed: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+            failed.set_exception(exc)
+            return failed
+        return sent
