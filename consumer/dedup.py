@@ -2,35 +2,60 @@
 
 Kafka delivers at least once (a redelivered batch after a crash, a producer
 retry): the window turns that into "counted once" for any repeat that arrives
-within the last `size` distinct ids. Memory is bounded by `size`.
+within the last `size` distinct ids. Memory is bounded by `size` plus one batch.
 """
 
 from collections import deque
 
 
 class DedupWindow:
-    """FIFO set of the last `size` ids: O(1) check-and-add, oldest id evicted first."""
+    """FIFO set of at least the last `size` distinct ids, evicted a batch at a time.
 
-    __slots__ = ("_order", "_seen", "size")
+    Ids are remembered in the batches they arrived in: a batch without
+    repeats (the common case) is checked and added with set operations in C,
+    and the oldest batch is dropped whole once the rest still covers `size`.
+    """
+
+    __slots__ = ("_batches", "_seen", "size")
 
     def __init__(self, size: int) -> None:
         self.size = size
         self._seen: set[str] = set()
-        self._order: deque[str] = deque()
+        self._batches: deque[list[str]] = deque()
 
     def __len__(self) -> int:
         return len(self._seen)
 
     def add(self, session_id: str) -> bool:
         """Remember `session_id`; False if it is already in the window (a duplicate)."""
+        return not self.add_all([session_id])
+
+    def add_all(self, ids: list[str]) -> list[int]:
+        """Remember `ids` in order; positions of those already seen (here or earlier in `ids`)."""
         if self.size == 0:
-            return True
+            return []
         seen = self._seen
-        if session_id in seen:
-            return False
-        seen.add(session_id)
-        order = self._order
-        order.append(session_id)
-        if len(order) > self.size:
-            seen.discard(order.popleft())
-        return True
+        if seen.isdisjoint(ids):
+            batch = set(ids)
+            if len(batch) == len(ids):
+                seen |= batch
+                self._remember(list(ids))
+                return []
+        duplicates, kept = [], []
+        for position, session_id in enumerate(ids):
+            if session_id in seen:
+                duplicates.append(position)
+            else:
+                seen.add(session_id)
+                kept.append(session_id)
+        self._remember(kept)
+        return duplicates
+
+    def _remember(self, ids: list[str]) -> None:
+        if not ids:
+            return
+        batches, seen = self._batches, self._seen
+        batches.append(ids)
+        # Every remembered id is in exactly one batch, so len(seen) is their total.
+        while len(seen) - len(batches[0]) >= self.size:
+            seen.difference_update(batches.popleft())

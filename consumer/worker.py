@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from itertools import chain
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaConnectionError, KafkaError
@@ -19,14 +20,13 @@ from aiokafka.structs import OffsetAndMetadata
 
 from consumer.aggregate import Buckets, aggregate, newest_event_time
 from consumer.deadletter import DeadLetter, Rejected
-from consumer.decode import Invalid, decode
+from consumer.decode import Decoded, Invalid, decode_many
 from consumer.dedup import DedupWindow
 from consumer.logs import RateLimit
 from consumer.metrics import ConsumerMetrics, PartitionLag
 from consumer.rebalance import CommitOnRevoke
 from consumer.security import client_kwargs, raise_if_refused
 from consumer.settings import Settings
-from schemas import CreateSessionResponseBody
 
 log = logging.getLogger(__name__)
 
@@ -224,36 +224,15 @@ class Worker:
 
     async def _process(self, batch: dict[TopicPartition, list[ConsumerRecord]]) -> None:
         started = time.perf_counter()
-        events: list[CreateSessionResponseBody] = []
-        rejected: list[Rejected] = []
-        tombstones = records = 0
-        max_bytes = self.settings.max_message_bytes
-        for tp, partition_records in batch.items():
-            records += len(partition_records)
-            for rec in partition_records:
-                if rec.value is None:
-                    tombstones += 1
-                    continue
-                result = decode(rec.value, max_bytes)
-                if isinstance(result, Invalid):
-                    rejected.append(
-                        Rejected(
-                            tp.topic,
-                            tp.partition,
-                            rec.offset,
-                            rec.key,
-                            rec.value,
-                            tuple(rec.headers),
-                            result,
-                        )
-                    )
-                else:
-                    events.append(result)
+        decoded = decode_many(
+            [r.value for r in chain.from_iterable(batch.values())], self.settings.max_message_bytes
+        )
+        rejected = _rejected(batch, decoded.invalid) if decoded.invalid else []
         dead = await self._send_dead_letters(rejected)
         # From here to the end of _apply nothing awaits: the batch lands whole.
-        self._apply(batch, events, rejected, dead, tombstones)
+        self._apply(batch, decoded, rejected, dead)
         self.metrics.batch_seconds.observe(time.perf_counter() - started)
-        self.metrics.batch_records.observe(records)
+        self.metrics.batch_records.observe(sum(map(len, batch.values())))
         # All assigned partitions, so a commit that failed earlier is retried now.
         await self.commit_processed(self._assignment())
 
@@ -265,22 +244,23 @@ class Worker:
     def _apply(
         self,
         batch: dict[TopicPartition, list[ConsumerRecord]],
-        events: list[CreateSessionResponseBody],
+        decoded: Decoded,
         rejected: list[Rejected],
         dead: tuple[int, int],
-        tombstones: int,
     ) -> None:
-        m = self.metrics
-        add = self.dedup.add
-        fresh = [e for e in events if add(e.id)]
-        m.business.apply(aggregate(fresh, self.buckets))
-        newest = newest_event_time(fresh)
+        m, events = self.metrics, decoded.events
+        duplicates = self.dedup.add_all([e.id for e in events])
+        if duplicates:
+            skip = set(duplicates)
+            events = [e for i, e in enumerate(events) if i not in skip]
+        m.business.apply(aggregate(events, self.buckets))
+        newest = newest_event_time(events)
         if newest is not None and newest > self._newest_event:
             self._newest_event = newest
             m.newest_event.set(newest)
-        m.messages.labels("counted").inc(len(fresh))
-        m.messages.labels("duplicate").inc(len(events) - len(fresh))
-        m.messages.labels("tombstone").inc(tombstones)
+        m.messages.labels("counted").inc(len(events))
+        m.messages.labels("duplicate").inc(len(duplicates))
+        m.messages.labels("tombstone").inc(decoded.tombstones)
         m.messages.labels("invalid").inc(len(rejected))
         m.dead_lettered.inc(dead[0])
         m.dead_letter_failures.inc(dead[1])
@@ -370,6 +350,22 @@ class Worker:
             if progress.position is None:
                 with contextlib.suppress(KafkaError, AssertionError, TimeoutError):
                     progress.fetch_position = await asyncio.wait_for(consumer.position(tp), 1.0)
+
+
+def _rejected(
+    batch: dict[TopicPartition, list[ConsumerRecord]], invalid: list[tuple[int, Invalid]]
+) -> list[Rejected]:
+    """The records behind `invalid`, whose positions count across the batch's partitions."""
+    records = list(chain.from_iterable(batch.values()))
+    out = []
+    for position, why in invalid:
+        rec = records[position]
+        out.append(
+            Rejected(
+                rec.topic, rec.partition, rec.offset, rec.key, rec.value, tuple(rec.headers), why
+            )
+        )
+    return out
 
 
 async def _stop_client(client: AIOKafkaConsumer | AIOKafkaProducer) -> None:
