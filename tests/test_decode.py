@@ -2,6 +2,7 @@
 
 import copy
 import json
+import math
 from typing import Any
 
 import pytest
@@ -260,3 +261,186 @@ def test_decode_never_raises_on_a_valid_event_with_fields_replaced(
     check_result(result)
     if not replacements:
         assert isinstance(result, CreateSessionResponseBody)
+
+
+# --- property: mutations of valid bodies ------------------------------------------------------
+#
+# A mutated body is either rejected with a reason, or accepted as an event that is safe to
+# count: every amount finite and >= 0, ids within their lengths, timestamps with a zone.
+
+SEED_BODIES = [
+    raw(),
+    raw(workspaceId="caf\u00e9-\u2603", projectId=None, tags=[], contactIds=[]),
+    *(encode(e) for e in SessionFactory(seed=5).events(3)),
+]
+
+
+def assert_countable(event: CreateSessionResponseBody) -> None:
+    amounts = (
+        event.duration,
+        event.traces_count,
+        event.billing.input_cost,
+        event.billing.output_cost,
+        event.billing.total_cost,
+        event.usage.prompt_tokens,
+        event.usage.completion_tokens,
+        event.usage.total_tokens,
+    )
+    assert all(math.isfinite(a) and a >= 0 for a in amounts), amounts
+    assert 1 <= len(event.id) <= 256
+    assert 1 <= len(event.workspace_id) <= 256
+    assert event.project_id is None or len(event.project_id) <= 256
+    for when in (event.started_at, event.updated_at):
+        assert when is None or when.utcoffset() is not None
+
+
+def check_mutant(value: bytes) -> None:
+    result = decode(value, MAX_BYTES)
+    check_result(result)
+    if isinstance(result, CreateSessionResponseBody):
+        assert_countable(result)
+
+
+@st.composite
+def byte_mutants(draw: st.DrawFn) -> bytes:
+    """A seed body with a few bytes flipped, deleted, inserted or duplicated."""
+    value = bytearray(draw(st.sampled_from(SEED_BODIES)))
+    for _ in range(draw(st.integers(1, 4))):
+        at = draw(st.integers(0, len(value) - 1))
+        op = draw(st.sampled_from(["flip", "set", "delete", "insert", "repeat"]))
+        if op == "flip":
+            value[at] ^= 1 << draw(st.integers(0, 7))
+        elif op == "set":
+            value[at] = draw(st.integers(0, 255))
+        elif op == "delete":
+            del value[at : at + draw(st.integers(1, 8))]
+        elif op == "insert":
+            value[at:at] = draw(st.binary(min_size=1, max_size=8))
+        else:
+            value[at:at] = value[at : at + draw(st.integers(1, 40))]
+    return bytes(value)
+
+
+def slots(node: Any, path: tuple[str | int, ...] = ()) -> list[tuple[str | int, ...]]:
+    """Every place in a JSON document a value can be put: existing keys and items, new ones."""
+    out: list[tuple[str | int, ...]] = []
+    if isinstance(node, dict):
+        out.append((*path, "unknownField"))
+        for key, child in node.items():
+            out += [(*path, key), *slots(child, (*path, key))]
+    elif isinstance(node, list):
+        out.append((*path, len(node)))
+        for index, child in enumerate(node):
+            out += [(*path, index), *slots(child, (*path, index))]
+    return out
+
+
+def put(document: Any, path: tuple[str | int, ...], value: Any) -> None:
+    parent = document
+    for step in path[:-1]:
+        parent = parent[step]
+    last = path[-1]
+    if isinstance(parent, list) and last == len(parent):
+        parent.append(value)
+    else:
+        parent[last] = value
+
+
+@st.composite
+def json_mutants(draw: st.DrawFn) -> bytes:
+    """A seed body with random JSON values put at random places, nested ones included."""
+    document = json.loads(draw(st.sampled_from(SEED_BODIES)))
+    for _ in range(draw(st.integers(1, 3))):
+        put(document, draw(st.sampled_from(slots(document))), draw(json_values))
+    return json.dumps(document).encode()
+
+
+@settings(max_examples=500)
+@given(value=byte_mutants())
+def test_byte_mutants_of_a_valid_body_are_rejected_or_countable(value: bytes) -> None:
+    check_mutant(value)
+
+
+@settings(max_examples=500)
+@given(value=json_mutants())
+def test_random_values_anywhere_in_a_valid_body_are_rejected_or_countable(value: bytes) -> None:
+    check_mutant(value)
+
+
+@settings(max_examples=200)
+@given(seed_body=st.sampled_from(SEED_BODIES), data=st.data())
+def test_every_truncation_of_a_valid_body_is_malformed(
+    seed_body: bytes, data: st.DataObject
+) -> None:
+    cut = data.draw(st.integers(0, len(seed_body) - 1))
+
+    result = decode(seed_body[:cut], MAX_BYTES)
+
+    assert isinstance(result, Invalid)
+    assert result.reason in {Reason.MALFORMED_JSON, Reason.NOT_UTF8}, result.detail
+
+
+@settings(max_examples=100)
+@given(seed=st.integers(0, 2**32))
+def test_synthetic_events_of_any_seed_round_trip_and_are_countable(seed: int) -> None:
+    event = SessionFactory(seed=seed).event()
+
+    result = decode(encode(event), MAX_BYTES)
+
+    assert result == event
+    assert isinstance(result, CreateSessionResponseBody)
+    assert_countable(result)
+
+
+@settings(max_examples=100)
+@given(value=st.binary(min_size=11, max_size=200), data=st.data())
+def test_anything_over_the_limit_is_too_large_whatever_it_holds(
+    value: bytes, data: st.DataObject
+) -> None:
+    limit = data.draw(st.integers(0, len(value) - 1))
+
+    result = decode(value, limit)
+
+    assert isinstance(result, Invalid)
+    assert result.reason is Reason.TOO_LARGE
+
+
+# --- duplicated keys ------------------------------------------------------------------------
+#
+# msgspec keeps the last of two equal keys. For a key that decides what is counted, or where,
+# the event is ambiguous: "duplicate_key" (the reason is added with its detection in decode).
+
+COUNTED_KEYS = [
+    ("id", "sess-2"),
+    ("workspaceId", "ws-2"),
+    ("projectId", "proj-2"),
+    ("duration", 99),
+    ("tracesCount", 99),
+    ("billing.inputCost", 99),
+    ("billing.outputCost", 99),
+    ("billing.totalCost", 99),
+    ("usage.promptTokens", 99),
+    ("usage.completionTokens", 99),
+    ("usage.totalTokens", 99),
+]
+
+
+def with_key_twice(dotted: str, second: Any) -> bytes:
+    """The valid body with `dotted` given a second time (with `second`) right after the first."""
+    *parents, key = dotted.split(".")
+    first = body()
+    for parent in parents:
+        first = first[parent]
+    pair = f'"{key}": {json.dumps(first[key])}'.encode()
+    value = raw()
+    assert value.count(pair) == 1
+    return value.replace(pair, pair + f', "{key}": {json.dumps(second)}'.encode())
+
+
+@pytest.mark.parametrize(("dotted", "second"), COUNTED_KEYS, ids=[k for k, _ in COUNTED_KEYS])
+def test_a_counted_key_given_twice_is_a_duplicate_key(dotted: str, second: Any) -> None:
+    result = decode(with_key_twice(dotted, second), MAX_BYTES)
+
+    assert isinstance(result, Invalid), f"{dotted} given twice was accepted: {result}"
+    assert result.reason == "duplicate_key", result.detail
+    assert dotted.rsplit(".", 1)[-1] in result.detail
