@@ -8,15 +8,24 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiokafka import AIOKafkaConsumer
 
-from consumer.security import client_kwargs
+from consumer.http import Credentials
+from consumer.security import client_kwargs, metrics_credentials, metrics_tls_context
 from consumer.settings import (
     DEFAULT_COST_BUCKETS,
+    HTTP_OPTIONS,
+    KAFKA_OPTIONS,
+    RUN_OPTIONS,
     ConfigError,
+    HttpSettings,
+    Option,
     Settings,
     all_options,
+    options_table,
     run_settings,
 )
+from tests.pki import Pki, make_pki
 
 PASSWORD = "hunter2-Sup3r-secret"
 CA_NAME = "session-metrics-test-ca"
@@ -452,3 +461,223 @@ def test_plaintext_client_kwargs_have_no_tls_or_sasl_keys() -> None:
         "client_id": "me",
         "security_protocol": "PLAINTEXT",
     }
+
+
+@pytest.mark.parametrize("mechanism", ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"])
+@pytest.mark.parametrize("source", ["env", "file"])
+async def test_each_mechanism_and_password_source_reaches_aiokafka(
+    tmp_path: Path, mechanism: str, source: str
+) -> None:
+    env, flags = {}, {}
+    if source == "env":
+        env = SASL_ENV
+    else:
+        secret = tmp_path / "password"
+        secret.write_text(PASSWORD + "\r\n")
+        flags = {"sasl_password_file": str(secret)}
+    s = build(
+        env,
+        security_protocol="SASL_PLAINTEXT",
+        sasl_mechanism=mechanism.lower(),
+        sasl_username="alice",
+        **flags,
+        **REQUIRED,
+    )
+
+    kwargs = client_kwargs(s.kafka)
+    # aiokafka checks the SASL arguments when the client is made: it must accept them.
+    consumer = AIOKafkaConsumer(group_id="g", **kwargs)
+    await consumer.stop()
+
+    assert kwargs["sasl_mechanism"] == mechanism
+    assert kwargs["sasl_plain_username"] == "alice"
+    assert kwargs["sasl_plain_password"] == PASSWORD
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [(b"", "the file is empty"), (b"\n", "the file is empty"), (b"\xff\xfe", "cannot read")],
+)
+@pytest.mark.parametrize("option", ["sasl_password_file", "sasl_username_file"])
+def test_empty_or_unreadable_sasl_secret_file_is_rejected(
+    tmp_path: Path, option: str, content: bytes, reason: str
+) -> None:
+    secret = tmp_path / "secret"
+    secret.write_bytes(content)
+    flags = {"sasl_username": "alice"} if option == "sasl_password_file" else {}
+    env = {} if option == "sasl_password_file" else SASL_ENV
+
+    message = config_error(
+        env,
+        security_protocol="SASL_PLAINTEXT",
+        sasl_mechanism="PLAIN",
+        **{option: str(secret)},
+        **flags,
+        **REQUIRED,
+    )
+
+    assert message.startswith("--" + option.replace("_", "-") + " / SESSION_METRICS_")
+    assert reason in message
+
+
+# --- the metrics endpoint: TLS and basic auth ---------------------------------------------------
+
+METRICS_PASSWORD = "metrics-Sup3r-secret"
+METRICS_ENV = {"SESSION_METRICS_METRICS_AUTH_PASSWORD": METRICS_PASSWORD}
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+def test_metrics_tls_and_basic_auth_are_off_by_default() -> None:
+    s = build(**REQUIRED)
+
+    assert s.http == HttpSettings()
+    assert metrics_tls_context(s.http) is None
+    assert metrics_credentials(s.http) is None
+
+
+def test_metrics_tls_and_basic_auth_from_environment(pki: Pki) -> None:
+    s = build(
+        {
+            **METRICS_ENV,
+            "SESSION_METRICS_METRICS_TLS_CERTFILE": str(pki.cert),
+            "SESSION_METRICS_METRICS_TLS_KEYFILE": str(pki.key),
+            "SESSION_METRICS_METRICS_AUTH_USERNAME": "prometheus",
+        },
+        **REQUIRED,
+    )
+
+    context = metrics_tls_context(s.http)
+    assert isinstance(context, ssl.SSLContext)
+    assert context.minimum_version == ssl.TLSVersion.TLSv1_2
+    assert metrics_credentials(s.http) == Credentials("prometheus", METRICS_PASSWORD)
+    assert METRICS_PASSWORD not in repr(s)
+
+
+def test_metrics_password_is_read_from_its_file_without_the_line_ending(tmp_path: Path) -> None:
+    secret = tmp_path / "password"
+    secret.write_text(METRICS_PASSWORD + "\n")
+
+    s = build(
+        metrics_auth_username="prometheus", metrics_auth_password_file=str(secret), **REQUIRED
+    )
+
+    assert metrics_credentials(s.http) == Credentials("prometheus", METRICS_PASSWORD)
+
+
+def test_metrics_password_is_not_taken_from_a_flag() -> None:
+    message = config_error(
+        metrics_auth_username="prometheus", metrics_auth_password=METRICS_PASSWORD, **REQUIRED
+    )
+
+    assert "SESSION_METRICS_METRICS_AUTH_PASSWORD" in message
+    assert METRICS_PASSWORD not in message
+
+
+@pytest.mark.parametrize(
+    ("flags", "env", "names"),
+    [
+        pytest.param({"metrics_tls_certfile": "CERT"}, {}, "--metrics-tls-keyfile", id="no-key"),
+        pytest.param({"metrics_tls_keyfile": "KEY"}, {}, "--metrics-tls-keyfile", id="no-cert"),
+        pytest.param(
+            {"metrics_tls_certfile": "CERT", "metrics_tls_keyfile": "OTHER_KEY"},
+            {},
+            "--metrics-tls-certfile",
+            id="key-does-not-match",
+        ),
+        pytest.param(
+            {"metrics_tls_certfile": "NOT_PEM", "metrics_tls_keyfile": "KEY"},
+            {},
+            "--metrics-tls-certfile",
+            id="cert-not-pem",
+        ),
+        pytest.param(
+            {"metrics_tls_certfile": "MISSING", "metrics_tls_keyfile": "KEY"},
+            {},
+            "--metrics-tls-certfile",
+            id="cert-missing",
+        ),
+        pytest.param(
+            {"metrics_auth_username": "prometheus"},
+            {},
+            "SESSION_METRICS_METRICS_AUTH_PASSWORD",
+            id="user-without-password",
+        ),
+        pytest.param({}, METRICS_ENV, "--metrics-auth-username", id="password-without-user"),
+        pytest.param(
+            {"metrics_auth_password_file": "PASSWORD"},
+            {},
+            "--metrics-auth-username",
+            id="password-file-without-user",
+        ),
+        pytest.param(
+            {"metrics_auth_username": "prometheus", "metrics_auth_password_file": "PASSWORD"},
+            METRICS_ENV,
+            "SESSION_METRICS_METRICS_AUTH_PASSWORD",
+            id="password-and-password-file",
+        ),
+        pytest.param(
+            {"metrics_auth_username": "prometheus", "metrics_auth_password_file": "EMPTY"},
+            {},
+            "--metrics-auth-password-file",
+            id="empty-password-file",
+        ),
+        pytest.param(
+            {"metrics_auth_username": "prometheus", "metrics_auth_password_file": "NOT_UTF8"},
+            {},
+            "--metrics-auth-password-file",
+            id="unreadable-password-file",
+        ),
+        pytest.param(
+            {"metrics_auth_username": "prom:etheus"},
+            METRICS_ENV,
+            "--metrics-auth-username",
+            id="colon-in-user",
+        ),
+        pytest.param(
+            {"metrics_auth_username": "prometheus"},
+            {"SESSION_METRICS_METRICS_AUTH_PASSWORD": "  "},
+            "<hidden>",
+            id="blank-password",
+        ),
+    ],
+)
+def test_bad_metrics_endpoint_settings_fail_with_one_line(
+    pki: Pki, tmp_path: Path, flags: dict[str, str], env: dict[str, str], names: str
+) -> None:
+    files = {
+        "CERT": pki.cert,
+        "KEY": pki.key,
+        "OTHER_KEY": pki.other_key,
+        "MISSING": tmp_path / "missing.pem",
+        "PASSWORD": tmp_path / "password",
+        "EMPTY": tmp_path / "empty",
+        "NOT_PEM": tmp_path / "not.pem",
+        "NOT_UTF8": tmp_path / "not-utf8",
+    }
+    files["PASSWORD"].write_text(METRICS_PASSWORD)
+    files["EMPTY"].write_text("\n")
+    files["NOT_PEM"].write_text("not a certificate\n")
+    files["NOT_UTF8"].write_bytes(b"\xff\xfe\n")
+    flags = {k: str(files.get(v, v)) for k, v in flags.items()}
+
+    message = config_error(env, **flags, **REQUIRED)
+
+    assert names in message
+    assert METRICS_PASSWORD not in message
+
+
+# --- the README's option tables -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "options", [KAFKA_OPTIONS, RUN_OPTIONS, HTTP_OPTIONS], ids=["kafka", "run", "http"]
+)
+def test_readme_lists_every_option_as_the_settings_define_it(options: tuple[Option, ...]) -> None:
+    # Regenerate with `python -m consumer.settings` after changing an option.
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+
+    assert options_table(options) in readme
