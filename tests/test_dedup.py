@@ -1,5 +1,8 @@
 """consumer/dedup.py: a bounded FIFO window that says whether a session id was seen recently."""
 
+import gc
+import sys
+
 from consumer.dedup import DedupWindow
 
 
@@ -72,3 +75,40 @@ def test_memory_is_bounded_by_size() -> None:
     # Exactly the last 100 distinct ids (150..249) are remembered.
     assert window.add("s-149") is True
     assert all(window.add(f"s-{i}") is False for i in range(151, 250))
+
+
+def deep_size(root: object) -> int:
+    """Bytes of `root` and of everything it references (types excluded): what it keeps alive."""
+    seen, stack, total = set(), [root], 0
+    while stack:
+        obj = stack.pop()
+        if id(obj) in seen or isinstance(obj, type):
+            continue
+        seen.add(id(obj))
+        total += sys.getsizeof(obj)
+        stack.extend(gc.get_referents(obj))
+    return total
+
+
+def test_window_memory_stays_at_its_capacity_after_a_million_distinct_ids() -> None:
+    size, total = 100_000, 1_000_000
+    window = DedupWindow(size)
+    for i in range(size):
+        window.add(f"{i:036d}")  # as long as a UUID, like real session ids
+    at_capacity = deep_size(window)
+
+    high = 0
+    for i in range(size, total):
+        window.add(f"{i:036d}")
+        if i % 200_000 == 0:
+            high = max(high, deep_size(window))
+    after = deep_size(window)
+
+    assert len(window) == size
+    # Nine hundred thousand more ids than it can hold, and no more memory for them.
+    assert after < 1.1 * at_capacity
+    assert high < 1.25 * at_capacity
+    assert at_capacity / size < 300  # bytes per remembered id, the id itself included
+    # What it holds is the newest ids, not arbitrary survivors.
+    assert window.add(f"{total - 1:036d}") is False
+    assert window.add(f"{total - size - 1:036d}") is True
