@@ -229,6 +229,7 @@ FAKE_SECRET = {"username": "session-metrics", "password": "not-a-real-password"}
 
 
 def walk(value: Any) -> Iterator[Any]:
+    """Every value nested in a parsed manifest, containers included."""
     yield value
     children = value.values() if isinstance(value, dict) else value
     if isinstance(value, dict | list):

@@ -155,7 +155,7 @@ def interpreter_for(uid: int, gid: int) -> str:
 
 @pytest.fixture(scope="module")
 def replay() -> Iterator[Replay]:
-    """Run the build stage's COPY and RUN steps in a temporary directory."""
+    """The build stage's COPY and RUN steps, replayed in a temporary directory."""
     assert os.geteuid() == 0, "this test switches to the image's non-root user: run as root"
     build, final = stages()
     uid, gid = (int(part) for part in final.args("USER")[0].split(":"))
@@ -166,44 +166,53 @@ def replay() -> Iterator[Replay]:
         root.chmod(0o755)
         (workdir,) = build.args("WORKDIR")
         src = root / workdir.lstrip("/")
-        src.mkdir(parents=True)
-        for copy in build.args("COPY"):
-            *sources, target = copy.split()
-            for source in sources:
-                destination = (
-                    (src / target / Path(source).name) if target.endswith("/") else (src / target)
-                )
-                if (ROOT / source).is_dir():
-                    shutil.copytree(ROOT / source, destination, ignore=_caches)
-                else:
-                    shutil.copy2(ROOT / source, destination)
+        copy_sources(build, src)
         # `python` in the RUN lines is the image's interpreter; here, one the user can run.
         bin_dir = root / "bin"
         bin_dir.mkdir()
         (bin_dir / "python").symlink_to(interpreter_for(uid, gid))
         venv = root / venv_path.lstrip("/")
-        environment = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
-        environment.pop("VIRTUAL_ENV", None)
         for command in build.args("RUN"):
             elsewhere = re.sub(re.escape(venv_path) + r"[\w/.-]*", "", command)
             assert "/" not in elsewhere, f"RUN writes outside {venv_path}: {command}"
-            done = subprocess.run(
-                ["/bin/sh", "-c", command.replace(venv_path, str(venv))],
-                check=False,
-                cwd=src,
-                env=environment,
-                capture_output=True,
-                text=True,
-                timeout=300,
-            )
-            assert done.returncode == 0, f"RUN {command}\n{done.stdout}\n{done.stderr}"
+            run_step(command.replace(venv_path, str(venv)), cwd=src, path=bin_dir)
         yield Replay(root, venv, uid, gid)
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
 
+def copy_sources(build: Stage, src: Path) -> None:
+    """What the build stage's COPY lines put in its WORKDIR."""
+    src.mkdir(parents=True)
+    for copy in build.args("COPY"):
+        *sources, target = copy.split()
+        for source in sources:
+            into_dir = target.endswith("/")
+            destination = src / target / Path(source).name if into_dir else src / target
+            if (ROOT / source).is_dir():
+                shutil.copytree(ROOT / source, destination, ignore=_caches)
+            else:
+                shutil.copy2(ROOT / source, destination)
+
+
 def _caches(_: str, names: list[str]) -> set[str]:
     return {n for n in names if n == "__pycache__"}
+
+
+def run_step(command: str, cwd: Path, path: Path) -> None:
+    """One RUN line, as Docker runs it: `/bin/sh -c`, here with `path` first on PATH."""
+    environment = {**os.environ, "PATH": f"{path}:{os.environ['PATH']}"}
+    environment.pop("VIRTUAL_ENV", None)
+    done = subprocess.run(
+        ["/bin/sh", "-c", command],
+        check=False,
+        cwd=cwd,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, f"RUN {command}\n{done.stdout}\n{done.stderr}"
 
 
 def test_the_installed_command_answers_help_as_the_non_root_user(replay: Replay) -> None:
