@@ -1,7 +1,8 @@
 """Kafka over TLS for real: Tansu behind Debian's stunnel4, with a CA made for the test.
 
-Tansu's own `--cert` switch does not complete a TLS handshake (see the README),
-so a real TLS terminator sits in front of it and the broker advertises the
+Tansu 0.6's own `--cert` switch gives no working TLS listener (it refuses
+`--key`, and with a combined PEM it still reads plaintext: no ServerHello), so
+a real TLS terminator sits in front of it and the broker advertises the
 terminator's port: every connection of every client, after bootstrap too, is TLS.
 """
 
