@@ -165,6 +165,7 @@ def kustomize(directory: Path) -> list[Object]:
         timeout=60,
     )
     assert done.returncode == 0, done.stderr
+    assert done.stderr == "", "kustomize warns"  # e.g. a deprecated field: fix it now
     return [doc for doc in yaml.safe_load_all(done.stdout) if doc]
 
 
