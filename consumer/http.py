@@ -96,7 +96,9 @@ def make_app(
 ) -> web.Application:
     async def metrics(request: web.Request) -> web.StreamResponse:
         encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
-        body = encoder(registry)
+        # `name[]=...` as prometheus-client's own server has it: one family, cheaply.
+        names = request.query.getall("name[]", [])
+        body = encoder(registry.restricted_registry(names) if names else registry)
         headers = {"Content-Type": content_type}
         if "gzip" in request.headers.get("Accept-Encoding", ""):
             body = gzip.compress(body, compresslevel=1)

@@ -1,0 +1,1 @@
+"""The throughput benchmark: `python -m bench` (or `make bench`). See BENCHMARKS.md."""

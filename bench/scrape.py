@@ -1,0 +1,67 @@
+"""How long one /metrics scrape takes when the project exports many series."""
+
+import statistics
+import time
+from pathlib import Path
+
+import aiohttp
+
+from bench import corpus
+from bench.observe import Contender, Process, python, watch
+from consumer.broker import free_port
+
+TOPIC = "bench-series"
+PER_SERIES = 2
+
+
+async def measure(bootstrap: str, logs: Path, series: int) -> dict[str, float]:
+    await corpus.many_series(bootstrap, TOPIC, series, PER_SERIES)
+    argv = python(
+        "-m", "consumer", "run", "--bootstrap-servers", bootstrap, "--topic", TOPIC,
+        "--group-id", "bench-scrape", "--max-series", str(max(series, 10_000)),
+    )  # fmt: skip
+    process = Process(
+        Contender("project", argv, "--metrics-port", "session_consumer_messages"),
+        free_port(),
+        logs,
+        "scrape",
+    )
+    await process.start()
+    try:
+        await watch([process], series * PER_SERIES, within=600)
+        async with aiohttp.ClientSession(auto_decompress=False) as http:
+            cold, size = await _get(http, process.url, "identity")
+            plain = [(await _get(http, process.url, "identity"))[0] for _ in range(10)]
+            gzipped = [(await _get(http, process.url, "gzip"))[0] for _ in range(5)]
+            lines = await _sample_lines(http, process.url)
+    finally:
+        await process.stop()
+    result = {
+        "series": series,
+        "samples": lines,
+        "body_mb": size / 1e6,
+        "first_scrape_ms": cold * 1000,
+        "scrape_ms": statistics.median(plain) * 1000,
+        "scrape_gzip_ms": statistics.median(gzipped) * 1000,
+    }
+    print(
+        f"  scrape at {series:,} series ({lines:,} samples, {size / 1e6:.1f} MB): "
+        f"first {result['first_scrape_ms']:.0f} ms, then {result['scrape_ms']:.0f} ms "
+        f"(gzip {result['scrape_gzip_ms']:.0f} ms)",
+        flush=True,
+    )
+    return result
+
+
+async def _get(http: aiohttp.ClientSession, url: str, encoding: str) -> tuple[float, int]:
+    started = time.perf_counter()
+    async with http.get(url, headers={"Accept-Encoding": encoding}) as response:
+        body = await response.read()
+        response.raise_for_status()
+    return time.perf_counter() - started, len(body)
+
+
+async def _sample_lines(http: aiohttp.ClientSession, url: str) -> int:
+    async with http.get(url, headers={"Accept-Encoding": "identity"}) as response:
+        text = await response.text()
+    return sum(1 for line in text.splitlines() if line and not line.startswith("#"))
