@@ -5,20 +5,21 @@ batches, never half a batch. Optionally HTTPS, and basic auth on /metrics
 only: the probes say nothing secret and kubelet probes carry no credentials.
 """
 
+import asyncio
 import base64
 import binascii
-import gzip
 import hashlib
 import hmac
 import logging
 import ssl
-from collections.abc import Awaitable, Callable
+import zlib
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 
 from aiohttp import hdrs, web
 from prometheus_client import CollectorRegistry
-from prometheus_client.exposition import choose_encoder
 
+from consumer.exposition import BusinessText, render
 from consumer.logs import RateLimit
 
 log = logging.getLogger(__name__)
@@ -26,6 +27,8 @@ log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 CHALLENGE = 'Basic realm="session-metrics", charset="UTF-8"'
+GZIP = 16 + zlib.MAX_WBITS
+"""zlib's wbits for a gzip header and trailer."""
 
 
 @dataclass(frozen=True)
@@ -92,18 +95,26 @@ def require_auth(handler: Handler, credentials: Credentials) -> Handler:
 
 
 def make_app(
-    registry: CollectorRegistry, probes: Probes, credentials: Credentials | None = None
+    registry: CollectorRegistry,
+    probes: Probes,
+    credentials: Credentials | None = None,
+    business: BusinessText | None = None,
 ) -> web.Application:
     async def metrics(request: web.Request) -> web.StreamResponse:
-        encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
         # `name[]=...` as prometheus-client's own server has it: one family, cheaply.
         names = request.query.getall("name[]", [])
-        body = encoder(registry.restricted_registry(names) if names else registry)
-        headers = {"Content-Type": content_type}
-        if "gzip" in request.headers.get("Accept-Encoding", ""):
-            body = gzip.compress(body, compresslevel=1)
-            headers["Content-Encoding"] = "gzip"
-        return web.Response(body=body, headers=headers)
+        accept = request.headers.get(hdrs.ACCEPT, "")
+        # Rendered synchronously here, so the body is one moment between batches;
+        # writing it out may then await without other batches showing up in it.
+        chunks, content_type = render(registry, business, accept, names)
+        gzipped = "gzip" in request.headers.get(hdrs.ACCEPT_ENCODING, "")
+        response = web.StreamResponse(headers={hdrs.CONTENT_TYPE: content_type})
+        if gzipped:
+            response.headers[hdrs.CONTENT_ENCODING] = "gzip"
+        await response.prepare(request)
+        await _write(response, chunks, gzipped)
+        await response.write_eof()
+        return response
 
     async def healthz(_: web.Request) -> web.Response:
         ok = probes.healthy()
@@ -120,6 +131,18 @@ def make_app(
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     return app
+
+
+async def _write(response: web.StreamResponse, chunks: Iterator[bytes], gzipped: bool) -> None:
+    """Write family by family; gzip in a thread (zlib releases the GIL), so a large
+    scrape neither holds the whole body twice nor stalls consuming while it compresses."""
+    compressor = zlib.compressobj(1, zlib.DEFLATED, GZIP) if gzipped else None
+    for chunk in chunks:
+        data = chunk if compressor is None else await asyncio.to_thread(compressor.compress, chunk)
+        if data:
+            await response.write(data)
+    if compressor is not None:
+        await response.write(compressor.flush())
 
 
 class HttpServer:

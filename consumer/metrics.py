@@ -38,6 +38,29 @@ disable_created_metrics()  # type: ignore[no-untyped-call]
 OVERFLOW: SeriesKey = ("__overflow__", "__overflow__")
 LABELS = ("workspace_id", "project_id")
 
+COUNTERS = (
+    # (family name, help, Totals attribute); exported with a _total suffix.
+    ("llm_sessions", "Sessions created.", "sessions"),
+    ("llm_session_input_cost", "Sum of billing.inputCost.", "input_cost"),
+    ("llm_session_output_cost", "Sum of billing.outputCost.", "output_cost"),
+    ("llm_session_cost", "Sum of billing.totalCost.", "cost"),
+    ("llm_session_prompt_tokens", "Sum of usage.promptTokens.", "prompt_tokens"),
+    ("llm_session_completion_tokens", "Sum of usage.completionTokens.", "completion_tokens"),
+    ("llm_session_tokens", "Sum of usage.totalTokens.", "tokens"),
+    ("llm_session_traces", "Sum of tracesCount.", "traces"),
+)
+HISTOGRAMS = (
+    # (family name, help, Totals bucket-count attribute, Totals sum attribute)
+    ("llm_session_duration_seconds", "Session duration.", "duration_buckets", "duration_seconds"),
+    (
+        "llm_session_tokens_per_session",
+        "usage.totalTokens per session.",
+        "tokens_buckets",
+        "tokens",
+    ),
+    ("llm_session_cost_per_session", "billing.totalCost per session.", "cost_buckets", "cost"),
+)
+
 
 class BusinessMetrics(Collector):
     """All-time totals per (workspace, project); series never expire, at most `max_series`."""
@@ -46,33 +69,36 @@ class BusinessMetrics(Collector):
         self.buckets = buckets
         self.max_series = max_series
         self._overflowed = overflowed
-        self._series: dict[SeriesKey, Totals] = {}
+        self.series: dict[SeriesKey, Totals] = {}
+        """Totals per series; read by the exposition, written only by apply()."""
+        self.changed: set[SeriesKey] = set()
+        """Series changed since the exposition last rendered them."""
 
     def __len__(self) -> int:
-        return len(self._series)
+        return len(self.series)
 
     def grand_total(self) -> tuple[float, float]:
         """(sessions, cost) over every series: for the demo's summary line."""
-        series = self._series.values()
+        series = self.series.values()
         return float(sum(t.sessions for t in series)), sum(t.cost for t in series)
 
     def apply(self, batch: dict[SeriesKey, Totals]) -> None:
-        series = self._series
-        for key, totals in batch.items():
-            current = series.get(key)
-            if current is None:
-                current = self._new_series(key, totals.sessions)
-            current.merge(totals)
+        series, changed = self.series, self.changed
+        for batch_key, totals in batch.items():
+            key = batch_key if batch_key in series else self._new_series(batch_key, totals.sessions)
+            series[key].merge(totals)
+            changed.add(key)
 
-    def _new_series(self, key: SeriesKey, sessions: int) -> Totals:
-        series = self._series
+    def _new_series(self, key: SeriesKey, sessions: int) -> SeriesKey:
+        """The key `key`'s sessions go to: itself, or the overflow series once full."""
+        series = self.series
         if len(series) >= self.max_series + (OVERFLOW in series):
             self._overflowed.inc(sessions)
             key = OVERFLOW
             if key in series:
-                return series[key]
-        totals = series[key] = Totals(self.buckets)
-        return totals
+                return key
+        series[key] = Totals(self.buckets)
+        return key
 
     def describe(self) -> Iterable[Metric]:
         # Names only, so registering does not run a full collect().
@@ -80,59 +106,31 @@ class BusinessMetrics(Collector):
         return [*counters, *histograms]
 
     def collect(self) -> Iterable[Metric]:
+        """The prometheus-client view, for registry readers (tests, tools); /metrics
+        renders the same lines faster in consumer/exposition.py."""
         counters, histograms = self._families()
         b = self.buckets
-        bounds = (_le(b.duration_seconds), _le(b.tokens), _le(b.cost))
-        for (workspace, project), t in self._series.items():
+        bounds = (le_labels(b.duration_seconds), le_labels(b.tokens), le_labels(b.cost))
+        for (workspace, project), t in self.series.items():
             labels = [workspace, project]
-            for counter, value in zip(counters, _counter_values(t), strict=True):
-                counter.add_metric(labels, value)
-            for histogram, les, counts, total in zip(
-                histograms,
-                bounds,
-                (t.duration_buckets, t.tokens_buckets, t.cost_buckets),
-                (t.duration_seconds, t.tokens, t.cost),
-                strict=True,
+            for counter, (_, _, attribute) in zip(counters, COUNTERS, strict=True):
+                counter.add_metric(labels, getattr(t, attribute))
+            for histogram, (_, _, buckets, total), les in zip(
+                histograms, HISTOGRAMS, bounds, strict=True
             ):
-                cumulative = list(zip(les, _cumulative(counts), strict=True))
-                histogram.add_metric(labels, cumulative, total)
+                cumulative = list(zip(les, _cumulative(getattr(t, buckets)), strict=True))
+                histogram.add_metric(labels, cumulative, getattr(t, total))
         return [*counters, *histograms]
 
     @staticmethod
     def _families() -> tuple[list[CounterMetricFamily], list[HistogramMetricFamily]]:
-        c, h = CounterMetricFamily, HistogramMetricFamily
-        counters = [
-            c("llm_sessions", "Sessions created.", labels=LABELS),
-            c("llm_session_input_cost", "Sum of billing.inputCost.", labels=LABELS),
-            c("llm_session_output_cost", "Sum of billing.outputCost.", labels=LABELS),
-            c("llm_session_cost", "Sum of billing.totalCost.", labels=LABELS),
-            c("llm_session_prompt_tokens", "Sum of usage.promptTokens.", labels=LABELS),
-            c("llm_session_completion_tokens", "Sum of usage.completionTokens.", labels=LABELS),
-            c("llm_session_tokens", "Sum of usage.totalTokens.", labels=LABELS),
-            c("llm_session_traces", "Sum of tracesCount.", labels=LABELS),
-        ]
-        histograms = [
-            h("llm_session_duration_seconds", "Session duration.", labels=LABELS),
-            h("llm_session_tokens_per_session", "usage.totalTokens per session.", labels=LABELS),
-            h("llm_session_cost_per_session", "billing.totalCost per session.", labels=LABELS),
-        ]
+        counters = [CounterMetricFamily(n, h, labels=LABELS) for n, h, _ in COUNTERS]
+        histograms = [HistogramMetricFamily(n, h, labels=LABELS) for n, h, _, _ in HISTOGRAMS]
         return counters, histograms
 
 
-def _counter_values(t: Totals) -> tuple[float, ...]:
-    return (
-        t.sessions,
-        t.input_cost,
-        t.output_cost,
-        t.cost,
-        t.prompt_tokens,
-        t.completion_tokens,
-        t.tokens,
-        t.traces,
-    )
-
-
-def _le(bounds: tuple[float, ...]) -> list[str]:
+def le_labels(bounds: tuple[float, ...]) -> list[str]:
+    """The `le` label values of a histogram's buckets: part of each series' identity."""
     return [*(repr(float(b)) for b in bounds), "+Inf"]
 
 
@@ -194,12 +192,17 @@ class LagCollector(Collector):
 
 
 class ConsumerMetrics:
-    """Operational metrics of one worker, on its own registry (tests run several workers)."""
+    """All metrics of one worker, on registries of its own (tests run several workers).
+
+    `operational` holds the session_consumer_* metrics; /metrics serves it next to
+    `business`, which consumer/exposition.py renders. `registry` holds both, for
+    anything that reads a registry (tests, promtool checks).
+    """
 
     def __init__(
         self, buckets: Buckets, max_series: int, registry: CollectorRegistry | None = None
     ) -> None:
-        self.registry = r = registry if registry is not None else CollectorRegistry()
+        self.operational = r = CollectorRegistry()
         p = "session_consumer_"
         self.messages = Counter(
             p + "messages", "Messages read, by outcome.", ["outcome"], registry=r
@@ -253,7 +256,9 @@ class ConsumerMetrics:
             {"version": __version__, "python": platform.python_version()}
         )
         self.business = BusinessMetrics(buckets, max_series, self.series_overflow)
-        r.register(self.business)
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.registry.register(_Registered(r))
+        self.registry.register(self.business)
         # Every label value exists from the start, so rate() sees the first increase.
         for outcome in ("counted", "duplicate", "invalid", "tombstone"):
             self.messages.labels(outcome)
@@ -261,8 +266,21 @@ class ConsumerMetrics:
             self.invalid.labels(reason.value)
 
     def register_lag(self, read: Callable[[], Iterable[PartitionLag]]) -> None:
-        self.registry.register(LagCollector(read))
+        self.operational.register(LagCollector(read))
 
     def mark_processed(self) -> None:
         self.last_processed.set(time.time())
         self.series.set(len(self.business))
+
+
+class _Registered(Collector):
+    """Another registry's metrics as one collector, so two registries can share them."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._registry = registry
+
+    def collect(self) -> Iterable[Metric]:
+        return self._registry.collect()
+
+    def describe(self) -> Iterable[Metric]:
+        return self._registry.collect()

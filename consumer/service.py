@@ -6,6 +6,7 @@ import logging
 import signal
 from collections.abc import Awaitable, Callable
 
+from consumer.exposition import BusinessText
 from consumer.http import HttpServer, Probes, make_app
 from consumer.security import metrics_credentials, metrics_tls_context
 from consumer.settings import Settings
@@ -23,9 +24,10 @@ async def serve(
     """Run until SIGTERM/SIGINT (or `worker.stop()`): drain, commit, close."""
     worker = Worker(settings=settings)
     app = make_app(
-        worker.metrics.registry,
+        worker.metrics.operational,
         Probes(healthy=worker.healthy, ready=lambda: worker.ready),
         metrics_credentials(settings.http),
+        BusinessText(worker.metrics.business),
     )
     server = HttpServer(
         app, settings.metrics_host, settings.metrics_port, metrics_tls_context(settings.http)
