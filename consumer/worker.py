@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass
 from itertools import chain
 
@@ -32,6 +32,9 @@ log = logging.getLogger(__name__)
 
 PROBE_INTERVAL = 5.0
 """Seconds between broker reachability checks (for /readyz) and position look-ups."""
+DLQ_MAX_REQUEST_BYTES = 64 * 1024 * 1024
+CLOSE_TIMEOUT = 2.0
+"""Seconds for each step after the drain: the final commit, stopping each Kafka client."""
 
 
 @dataclass(slots=True)
@@ -133,7 +136,7 @@ class Worker:
             if loop_task.done():
                 loop_task.result()  # the loop only ends on its own by raising
             await self._drain(loop_task)
-            await self.commit_processed(self._consumer.assignment())
+            await self._bounded(self.commit_processed(self._consumer.assignment()), "final commit")
         finally:
             probe_task.cancel()
             loop_task.cancel()
@@ -191,7 +194,15 @@ class Worker:
             consumer.subscribe(list(s.topic), listener=CommitOnRevoke(self))
             self.connected = True
             if s.dlq_topic:
-                self._producer = AIOKafkaProducer(acks="all", enable_idempotence=False, **kwargs)
+                self._producer = AIOKafkaProducer(
+                    acks="all",
+                    enable_idempotence=False,
+                    # An oversized record (too_large) must still fit in its dead-letter copy;
+                    # the dead-letter topic's own limit has the last word (then it is a
+                    # counted dead-letter failure).
+                    max_request_size=DLQ_MAX_REQUEST_BYTES,
+                    **kwargs,
+                )
                 await self._producer.start()
                 self._dead_letter = DeadLetter(self._producer, s.dlq_topic)
             log.info(
@@ -204,9 +215,29 @@ class Worker:
     async def _close(self) -> None:
         for client in (self._consumer, self._producer):
             if client is not None:
-                await _stop_client(client)
+                await self._bounded(_stop_client(client), f"{type(client).__name__} stop")
         self.connected = False
-        log.info("consumer stopped")
+        # What this process counted, for operators reading why totals moved (and for
+        # tests that stop real processes): its counters vanish with it.
+        count = self.metrics.operational.get_sample_value
+        log.info(
+            "consumer stopped",
+            extra={
+                outcome: int(count("session_consumer_messages_total", {"outcome": outcome}) or 0)
+                for outcome in ("counted", "duplicate", "invalid", "tombstone")
+            }
+            | {"cost": self.metrics.business.grand_total()[1]},
+        )
+
+    async def _bounded(self, step: Awaitable[None], what: str) -> None:
+        """Give a shutdown step CLOSE_TIMEOUT: an unanswering broker would hold it for
+        aiokafka's 40 s request timeout (the producer's stop waits for its in-flight
+        dead-letter sends). Whatever was not committed is redelivered, never lost."""
+        try:
+            async with asyncio.timeout(CLOSE_TIMEOUT):
+                await step
+        except TimeoutError:
+            log.warning("shutdown step timed out", extra={"step": what, "timeout": CLOSE_TIMEOUT})
 
     # --- the loop --------------------------------------------------------------
 
@@ -225,7 +256,9 @@ class Worker:
     async def _process(self, batch: dict[TopicPartition, list[ConsumerRecord]]) -> None:
         started = time.perf_counter()
         decoded = decode_many(
-            [r.value for r in chain.from_iterable(batch.values())], self.settings.max_message_bytes
+            [r.value for r in chain.from_iterable(batch.values())],
+            self.settings.max_message_bytes,
+            strict_keys=self.settings.reject_duplicate_keys,
         )
         rejected = _rejected(batch, decoded.invalid) if decoded.invalid else []
         dead = await self._send_dead_letters(rejected)
