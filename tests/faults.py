@@ -22,7 +22,7 @@ import socket
 import sys
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -263,7 +263,9 @@ async def workers(workdir: Path, *args: str) -> AsyncIterator[Workers]:
         await group.close()
 
 
-async def until(check: Any, within: float, what: str, every: float = 0.05) -> float:
+async def until(
+    check: Callable[[], Awaitable[bool]], within: float, what: str, every: float = 0.05
+) -> float:
     """Await `check()` (an async callable) until true; returns the seconds it took."""
     loop = asyncio.get_running_loop()
     started = loop.time()
