@@ -4,6 +4,7 @@ Pure: knows nothing of Kafka, metrics or logging. The reasons are a small fixed
 set because they become label values of `session_consumer_invalid_total`.
 """
 
+import json
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Final
@@ -24,6 +25,8 @@ class Reason(StrEnum):
     OUT_OF_RANGE = "out_of_range"
     INVALID_TIMESTAMP = "invalid_timestamp"
     INVALID_VALUE = "invalid_value"
+    DUPLICATE_KEY = "duplicate_key"
+    """Only with --reject-duplicate-keys: msgspec, like JSON.parse, keeps the last."""
 
 
 class Invalid(msgspec.Struct, frozen=True):
@@ -47,17 +50,26 @@ class Decoded:
     """None values: Kafka's deletion markers, not events and not invalid."""
 
 
-def decode(value: bytes, max_bytes: int) -> CreateSessionResponseBody | Invalid:
+def decode(
+    value: bytes, max_bytes: int, *, strict_keys: bool = False
+) -> CreateSessionResponseBody | Invalid:
     if len(value) > max_bytes:
         return _too_large(value, max_bytes)
     try:
-        return _DECODER.decode(value)
+        event = _DECODER.decode(value)
     except _ERRORS as exc:
         return _invalid(exc)
+    if strict_keys:
+        return _repeated_key(value) or event
+    return event
 
 
-def decode_many(values: list[bytes | None], max_bytes: int) -> Decoded:
+def decode_many(
+    values: list[bytes | None], max_bytes: int, *, strict_keys: bool = False
+) -> Decoded:
     """`decode` over a batch, in one tight loop: this is the per-record hot path."""
+    if strict_keys:
+        return _decode_each(values, max_bytes)
     events: list[CreateSessionResponseBody] = []
     invalid: list[tuple[int, Invalid]] = []
     tombstones = 0
@@ -73,6 +85,48 @@ def decode_many(values: list[bytes | None], max_bytes: int) -> Decoded:
             except _ERRORS as exc:
                 invalid.append((position, _invalid(exc)))
     return Decoded(events, invalid, tombstones)
+
+
+def _decode_each(values: list[bytes | None], max_bytes: int) -> Decoded:
+    events: list[CreateSessionResponseBody] = []
+    invalid: list[tuple[int, Invalid]] = []
+    tombstones = 0
+    for position, value in enumerate(values):
+        if value is None:
+            tombstones += 1
+            continue
+        result = decode(value, max_bytes, strict_keys=True)
+        if isinstance(result, Invalid):
+            invalid.append((position, result))
+        else:
+            events.append(result)
+    return Decoded(events, invalid, tombstones)
+
+
+class _Repeated(Exception):
+    def __init__(self, key: str) -> None:
+        self.key = key
+
+
+def _unique(pairs: list[tuple[str, object]]) -> None:
+    keys = [k for k, _ in pairs]
+    if len(set(keys)) != len(keys):
+        raise _Repeated(next(k for i, k in enumerate(keys) if k in keys[:i]))
+
+
+def _repeated_key(value: bytes) -> Invalid | None:
+    """An exact second parse that sees every key: msgspec has no duplicate-key check.
+
+    The stdlib parser hands each object's (key, value) pairs to `_unique` in order;
+    it costs several microseconds per event, hence opt-in.
+    """
+    try:
+        json.loads(value, object_pairs_hook=_unique)
+    except _Repeated as exc:
+        return Invalid(Reason.DUPLICATE_KEY, f"key {exc.key!r} appears twice in one object")
+    except RecursionError:
+        return Invalid(Reason.TOO_DEEP, "JSON nested too deeply")
+    return None
 
 
 def _too_large(value: bytes, max_bytes: int) -> Invalid:

@@ -173,7 +173,13 @@ RUN_OPTIONS: tuple[Option, ...] = (
     Option("max_series", _int_range(1), "10000", "most (workspace, project) pairs exported"),
     Option("dedup_window", _int_range(0), "100000", "recent session ids remembered (0 = off)"),
     Option("max_message_bytes", _int_range(1), "1048576", "larger values are invalid (too_large)"),
-    Option("max_batch_records", _int_range(1), "10000", "most records fetched per batch"),
+    Option("max_batch_records", _int_range(1), "20000", "most records processed per batch"),
+    Option(
+        "reject_duplicate_keys",
+        _bool,
+        "false",
+        "reject events repeating a JSON key (duplicate_key); costs a second parse",
+    ),
     Option("drain_timeout", _positive_float, "10", "seconds to finish the batch on SIGTERM"),
     Option("session_timeout_ms", _int_range(1000), "10000", "Kafka group session timeout"),
     Option("heartbeat_interval_ms", _int_range(100), "3000", "Kafka group heartbeat interval"),
@@ -258,6 +264,7 @@ class Settings:
     dedup_window: int
     max_message_bytes: int
     max_batch_records: int
+    reject_duplicate_keys: bool
     drain_timeout: float
     session_timeout_ms: int
     heartbeat_interval_ms: int

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from consumer.decode import Invalid, Reason, classify, decode
+from consumer.decode import Invalid, Reason, classify, decode, decode_many
 from consumer.synthetic import BAD_VALUES, SessionFactory, encode
 from schemas import CreateSessionResponseBody
 
@@ -130,6 +130,8 @@ def test_every_reason_but_the_fallback_is_produced_by_a_realistic_input() -> Non
     produced.add(decode(b"x" * 11, 10).reason)  # type: ignore[union-attr]
     deep = b'{"x":' + b"[" * 5000 + b"]" * 5000 + b"}"
     produced.add(decode(deep, MAX_BYTES).reason)  # type: ignore[union-attr]
+    repeated = raw().replace(b'"id": ', b'"id": "x", "id": ', 1)
+    produced.add(decode(repeated, MAX_BYTES, strict_keys=True).reason)  # type: ignore[union-attr]
 
     assert produced == set(Reason) - {Reason.INVALID_VALUE}
 
@@ -407,8 +409,9 @@ def test_anything_over_the_limit_is_too_large_whatever_it_holds(
 
 # --- duplicated keys ------------------------------------------------------------------------
 #
-# msgspec keeps the last of two equal keys. For a key that decides what is counted, or where,
-# the event is ambiguous: "duplicate_key" (the reason is added with its detection in decode).
+# msgspec keeps the last of two equal keys (as JSON.parse does). For a key that decides what is
+# counted, or where, the event is ambiguous: with --reject-duplicate-keys (strict_keys) it is
+# "duplicate_key"; without, the last value counts, which is documented and tested too.
 
 COUNTED_KEYS = [
     ("id", "sess-2"),
@@ -439,8 +442,35 @@ def with_key_twice(dotted: str, second: Any) -> bytes:
 
 @pytest.mark.parametrize(("dotted", "second"), COUNTED_KEYS, ids=[k for k, _ in COUNTED_KEYS])
 def test_a_counted_key_given_twice_is_a_duplicate_key(dotted: str, second: Any) -> None:
-    result = decode(with_key_twice(dotted, second), MAX_BYTES)
+    result = decode(with_key_twice(dotted, second), MAX_BYTES, strict_keys=True)
 
     assert isinstance(result, Invalid), f"{dotted} given twice was accepted: {result}"
     assert result.reason == "duplicate_key", result.detail
     assert dotted.rsplit(".", 1)[-1] in result.detail
+
+
+def test_without_strict_keys_the_last_of_a_repeated_key_counts() -> None:
+    result = decode(with_key_twice("billing.totalCost", 99), MAX_BYTES)
+
+    assert isinstance(result, CreateSessionResponseBody)
+    assert result.billing.total_cost == 99
+
+
+def test_strict_keys_accepts_a_body_without_repeats_and_sees_repeats_in_unknown_objects() -> None:
+    assert not isinstance(decode(raw(), MAX_BYTES, strict_keys=True), Invalid)
+
+    nested = raw(extra={"a": 1}).replace(b'"a": 1', b'"a": 1, "a": 2')
+    result = decode(nested, MAX_BYTES, strict_keys=True)
+
+    assert isinstance(result, Invalid)
+    assert result.reason is Reason.DUPLICATE_KEY
+
+
+def test_decode_many_with_strict_keys_rejects_only_the_repeating_value() -> None:
+    values: list[bytes | None] = [raw(), with_key_twice("id", "x"), None, raw()]
+
+    got = decode_many(values, MAX_BYTES, strict_keys=True)
+
+    assert len(got.events) == 2
+    assert got.tombstones == 1
+    assert [(i, r.reason) for i, r in got.invalid] == [(1, Reason.DUPLICATE_KEY)]

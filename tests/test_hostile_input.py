@@ -28,6 +28,8 @@ from tests.test_decode import body, raw
 
 DEFAULT_LIMIT = 1 << 20
 """--max-message-bytes default: the worker under test runs with it."""
+STRICT = True
+"""The worker under test runs with --reject-duplicate-keys, so repeated keys are invalid too."""
 
 TEN_MB = 10 * 1000 * 1000
 
@@ -197,7 +199,7 @@ def test_hostile_kinds_cover_the_issue_list() -> None:
 
 @pytest.mark.parametrize(("value", "reason"), INVALID_KINDS.values(), ids=INVALID_KINDS.keys())
 def test_each_invalid_kind_decodes_to_its_reason(value: bytes, reason: str) -> None:
-    result = decode(value, DEFAULT_LIMIT)
+    result = decode(value, DEFAULT_LIMIT, strict_keys=STRICT)
 
     assert isinstance(result, Invalid), result
     assert result.reason == reason, result.detail
@@ -207,7 +209,7 @@ def test_each_invalid_kind_decodes_to_its_reason(value: bytes, reason: str) -> N
     "kind", VALID_KINDS.values(), ids=[k.encode("unicode_escape").decode() for k in VALID_KINDS]
 )
 def test_each_hostile_but_valid_kind_decodes(kind: Accepted) -> None:
-    result = decode(kind.value, DEFAULT_LIMIT)
+    result = decode(kind.value, DEFAULT_LIMIT, strict_keys=STRICT)
 
     assert isinstance(result, CreateSessionResponseBody), result
     assert result.billing.total_cost == kind.cost
@@ -282,7 +284,9 @@ async def test_every_hostile_kind_is_counted_by_reason_dead_lettered_and_the_wor
     start_worker: WorkerFactory,
 ) -> None:
     topic, dlq = await new_topic(partitions=2), await new_topic(partitions=1)
-    run = await start_worker(settings_for(broker.bootstrap, topic, dlq_topic=dlq))
+    run = await start_worker(
+        settings_for(broker.bootstrap, topic, dlq_topic=dlq, reject_duplicate_keys=STRICT)
+    )
     m = run.worker.metrics
 
     where = await send_kinds(broker.bootstrap, topic)
