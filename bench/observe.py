@@ -16,7 +16,7 @@ import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parent.parent
-POLL = 0.02
+POLL = 0.1
 """Seconds between polls; each poll asks for one metric family only (`name[]`)."""
 
 

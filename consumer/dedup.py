@@ -36,11 +36,13 @@ class DedupWindow:
             return []
         seen = self._seen
         if seen.isdisjoint(ids):
-            batch = set(ids)
-            if len(batch) == len(ids):
-                seen |= batch
+            before = len(seen)
+            seen.update(ids)
+            if len(seen) - before == len(ids):
                 self._remember(list(ids))
                 return []
+            # A repeat inside `ids` itself: none of them was seen before, so undo exactly.
+            seen.difference_update(ids)
         duplicates, kept = [], []
         for position, session_id in enumerate(ids):
             if session_id in seen:

@@ -97,7 +97,12 @@ def render(
     operational = encoder(registry.restricted_registry(names) if names else registry)
     if business is None:
         return iter([operational]), content_type
-    families = business.families(openmetrics, frozenset(names))
+    wanted = frozenset(names)
+    if wanted and not wanted & _ALL_SAMPLE_NAMES:
+        # A `name[]` poll for operational metrics only (e.g. a counter watched every
+        # few ms) must not pay for re-rendering the business series.
+        return iter([operational]), content_type
+    families = business.families(openmetrics, wanted)
     if not openmetrics:
         return _chain(operational, families), content_type
     return _chain(operational.removesuffix(EOF), families, EOF), content_type
@@ -138,3 +143,4 @@ _FAMILIES = [
         for name, text, _, _ in HISTOGRAMS
     ),
 ]
+_ALL_SAMPLE_NAMES = frozenset().union(*(samples for _, _, _, samples in _FAMILIES))

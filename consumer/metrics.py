@@ -250,7 +250,7 @@ class ConsumerMetrics:
             p + "batch_records",
             "Records per batch.",
             registry=r,
-            buckets=(1, 10, 100, 500, 1000, 2500, 5000, 10000),
+            buckets=(1, 10, 100, 500, 1000, 2500, 5000, 10000, 20000, 50000),
         )
         Info(p + "build", "Version of this service.", registry=r).info(
             {"version": __version__, "python": platform.python_version()}

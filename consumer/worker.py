@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 
 PROBE_INTERVAL = 5.0
 """Seconds between broker reachability checks (for /readyz) and position look-ups."""
+FETCH_YIELDS = 3
+"""Event-loop turns aiokafka's fetch task needs to put its next request on the wire."""
 DLQ_MAX_REQUEST_BYTES = 64 * 1024 * 1024
 CLOSE_TIMEOUT = 2.0
 """Seconds for each step after the drain: the final commit, stopping each Kafka client."""
@@ -250,6 +252,11 @@ class Worker:
                 timeout_ms=500, max_records=self.settings.max_batch_records
             )
             if batch:
+                # getmany() drained the fetch buffer, which wakes aiokafka's fetch task;
+                # let it send the next fetch before this batch takes the CPU for tens of
+                # ms, so the broker prepares it meanwhile (measured: ~180k -> ~205k/s).
+                for _ in range(FETCH_YIELDS):
+                    await asyncio.sleep(0)
                 async with self.batch_lock:
                     await self._process(batch)
 
