@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint install-prometheus install-stunnel clean
+.PHONY: demo test bench lint install-prometheus install-stunnel clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,6 +15,15 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(BIN)/session-metrics demo $(ARGS)
+
+# The throughput benchmark (see BENCHMARKS.md): adds matplotlib and pyinstrument.
+BENCH_STAMP := $(VENV)/.installed-bench
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/pip install --quiet -e '.[bench]'
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
+	$(BIN)/python -m bench $(ARGS)
 
 # The real-Prometheus tests need Debian's prometheus package (server + promtool).
 install-prometheus:

@@ -34,6 +34,10 @@ class Results:
         return project / self.rate("ceiling"), project / self.rate("naive")
 
 
+def load(path: Path) -> Results:
+    return Results(**json.loads(path.read_text()))
+
+
 def machine() -> dict[str, str]:
     cpu = next(
         (

@@ -106,4 +106,13 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=500_000, help="events in the corpus")
     parser.add_argument("--rounds", type=int, default=2, help="rounds, in alternating order")
     parser.add_argument("--series", type=int, default=10_000, help="series for the scrape test")
-    asyncio.run(bench(parser.parse_args()))
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="rewrite BENCHMARKS.md and the chart from results/latest.json, run nothing",
+    )
+    args = parser.parse_args()
+    if args.report_only:
+        report.write(report.load(RESULTS / "latest.json"), RESULTS)
+        return
+    asyncio.run(bench(args))
