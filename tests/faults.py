@@ -41,8 +41,8 @@ FULL = os.environ.get("SESSION_METRICS_FULL_FAULTS", "") == "1"
 """The full run: every repeated fault as many times as the issue asks."""
 
 CLI = [sys.executable, "-m", "consumer"]
-# Short group timeouts: on Tansu a worker restarted after a kill is admitted in ~3 s with
-# these, ~12 s with 6000/1000 (the old member's session must expire first).
+# Short group timeouts: on Tansu a worker restarted after a kill is admitted in ~7.5 s with
+# these (~2.5 s after a SIGTERM, which leaves the group), ~11.5 s with 6000/1000.
 FAST_GROUP = ("--session-timeout-ms", "3000", "--heartbeat-interval-ms", "1000")
 SeriesKey = tuple[str, str]
 _LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
