@@ -5,7 +5,6 @@ import asyncio
 import base64
 import json
 import os
-import shutil
 import ssl
 import subprocess
 import sys
@@ -26,6 +25,7 @@ from consumer.security import metrics_credentials, metrics_tls_context
 from consumer.settings import HttpSettings, http_settings
 from tests.conftest import TopicFactory, WorkerFactory, settings_for
 from tests.pki import Pki, make_pki
+from tests.promserver import prometheus_server
 from tests.test_prometheus import fetch, query, scalar
 
 PASSWORD = "Scrape-Pa55word"
@@ -246,8 +246,6 @@ class Scraper:
 @pytest.fixture(scope="module")
 def scraper(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scraper]:
     """Prometheus with three jobs on the worker: right settings, wrong password, untrusted CA."""
-    binary = shutil.which("prometheus")
-    assert binary, "prometheus not on PATH: run the tests with `make test`"
     workdir = tmp_path_factory.mktemp("prometheus-tls")
     (workdir / "password").write_text(PASSWORD)
     trusted = f"tls_config: {{ca_file: {pki.ca}}}"
@@ -256,31 +254,12 @@ def scraper(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scra
         ("wrong-password", trusted, "password: not-it"),
         ("untrusted", f"tls_config: {{ca_file: {pki.other_ca}}}", f"password: {PASSWORD}"),
     ]
-    config = workdir / "prometheus.yml"
-    config.write_text(
-        "global: {scrape_interval: 1s, scrape_timeout: 1s}\nscrape_configs:\n"
-        + "".join(
-            SCRAPE_JOB.format(name=n, tls=t, user=USER, password=p, port=WORKER_PORT)
-            for n, t, p in jobs
-        )
+    config = "global: {scrape_interval: 1s, scrape_timeout: 1s}\nscrape_configs:\n" + "".join(
+        SCRAPE_JOB.format(name=n, tls=t, user=USER, password=p, port=WORKER_PORT)
+        for n, t, p in jobs
     )
-    port = free_port()
-    with (workdir / "log").open("wb") as log:
-        proc = subprocess.Popen(
-            [
-                binary,
-                f"--config.file={config}",
-                f"--storage.tsdb.path={workdir / 'data'}",
-                f"--web.listen-address=127.0.0.1:{port}",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=log,
-        )
-        try:
-            yield Scraper(f"http://127.0.0.1:{port}", workdir / "password", pki)
-        finally:
-            proc.terminate()
-            proc.wait(10)
+    with prometheus_server(config, workdir) as url:
+        yield Scraper(url, workdir / "password", pki)
 
 
 @pytest.mark.broker

@@ -3,7 +3,6 @@
 import asyncio
 import json
 import math
-import shutil
 import subprocess
 import urllib.parse
 import urllib.request
@@ -17,6 +16,7 @@ from consumer.broker import EmbeddedBroker, free_port
 from consumer.produce import produce
 from tests.conftest import TopicFactory, WorkerFactory, eventually, settings_for
 from tests.corpus import corpus, expected_totals
+from tests.promserver import prometheus_server
 
 pytestmark = [pytest.mark.broker, pytest.mark.prometheus]
 
@@ -25,35 +25,14 @@ WORKER_PORT = free_port()
 
 @pytest.fixture(scope="module")
 def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    binary = shutil.which("prometheus")
-    # `make test` installs Debian's prometheus package; CI must not silently skip this.
-    assert binary, "prometheus not on PATH: run the tests with `make test`"
-    workdir = tmp_path_factory.mktemp("prometheus")
-    config = workdir / "prometheus.yml"
-    config.write_text(
+    config = (
         "global: {scrape_interval: 1s, scrape_timeout: 1s}\n"
         "scrape_configs:\n"
         "  - job_name: session-metrics\n"
         f"    static_configs: [{{targets: ['127.0.0.1:{WORKER_PORT}']}}]\n"
     )
-    port = free_port()
-    log = (workdir / "log").open("wb")
-    proc = subprocess.Popen(
-        [
-            binary,
-            f"--config.file={config}",
-            f"--storage.tsdb.path={workdir / 'data'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=log,
-    )
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(10)
-        log.close()
+    with prometheus_server(config, tmp_path_factory.mktemp("prometheus")) as url:
+        yield url
 
 
 def query(base: str, promql: str) -> list[dict[str, object]]:
