@@ -16,6 +16,8 @@ import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parent.parent
+MESSAGES = "session_consumer_messages"
+"""The project's (and naive's) counter of records handled."""
 POLL = 0.1
 """Seconds between polls; each poll asks for one metric family only (`name[]`)."""
 
@@ -44,6 +46,15 @@ class Timed:
 
 def python(*args: str) -> list[str]:
     return [sys.executable, *args]
+
+
+def project(
+    bootstrap: str, topic: str, *flags: str, name: str = "project", under: tuple[str, ...] = ()
+) -> Contender:
+    """`session-metrics run` on `topic` with extra `flags`, optionally `under` a module
+    (e.g. a profiler: `-m pyinstrument ...`)."""
+    run = ["-m", "consumer", "run", "--bootstrap-servers", bootstrap, "--topic", topic]
+    return Contender(name, python(*under, *run, *flags), "--metrics-port", MESSAGES)
 
 
 class Process:

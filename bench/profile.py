@@ -3,7 +3,7 @@
 import pstats
 from pathlib import Path
 
-from bench.observe import Contender, Process, python, timed_run
+from bench.observe import Process, project, timed_run
 from consumer.broker import free_port
 
 # First match wins: (area, substring of the function's file path or name).
@@ -31,17 +31,9 @@ AREAS = (
 async def profile(bootstrap: str, topic: str, logs: Path, events: int) -> dict[str, float]:
     """Share of busy time per area (idle time reported separately), in percent."""
     out = logs / "project.pstats"
-    argv = python(
-        "-m", "pyinstrument", "-r", "pstats", "-o", str(out),
-        "-m", "consumer", "run", "--bootstrap-servers", bootstrap, "--topic", topic,
-        "--group-id", "bench-profile",
-    )  # fmt: skip
-    process = Process(
-        Contender("profiled", argv, "--metrics-port", "session_consumer_messages"),
-        free_port(),
-        logs,
-        "profile",
-    )
+    profiler = ("-m", "pyinstrument", "-r", "pstats", "-o", str(out))
+    profiled = project(bootstrap, topic, "--group-id", "bench-profile", under=profiler)
+    process = Process(profiled, free_port(), logs, "profile")
     await timed_run([process], events, within=600)
     shares = summarize(out)
     print("  profile: " + ", ".join(f"{k} {v:.0f}%" for k, v in shares.items()), flush=True)

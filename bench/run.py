@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from bench import corpus, profile, report, scrape
-from bench.observe import Contender, Process, Timed, python, timed_run
+from bench.observe import MESSAGES, Contender, Process, Timed, project, python, timed_run
 from consumer.broker import EmbeddedBroker, create_topics, free_port
 
 TOPIC, PARTITIONS = "bench-sessions", 6
@@ -23,17 +23,12 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 def contenders(bootstrap: str) -> dict[str, Contender]:
     common = ["--bootstrap", bootstrap, "--topic", TOPIC]
-    run = ["-m", "consumer", "run", "--bootstrap-servers", bootstrap, "--topic", TOPIC]
     return {
         "ceiling": Contender(
             "ceiling", python("-m", "bench.ceiling", *common), "--port", "bench_records"
         ),
-        "naive": Contender(
-            "naive", python("-m", "bench.naive", *common), "--port", "session_consumer_messages"
-        ),
-        "project": Contender(
-            "project", python(*run), "--metrics-port", "session_consumer_messages"
-        ),
+        "naive": Contender("naive", python("-m", "bench.naive", *common), "--port", MESSAGES),
+        "project": project(bootstrap, TOPIC),
     }
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import aiohttp
 
 from bench import corpus
-from bench.observe import Contender, Process, python, watch
+from bench.observe import Process, project, watch
 from consumer.broker import free_port
 
 TOPIC = "bench-series"
@@ -16,16 +16,8 @@ PER_SERIES = 2
 
 async def measure(bootstrap: str, logs: Path, series: int) -> dict[str, float]:
     await corpus.many_series(bootstrap, TOPIC, series, PER_SERIES)
-    argv = python(
-        "-m", "consumer", "run", "--bootstrap-servers", bootstrap, "--topic", TOPIC,
-        "--group-id", "bench-scrape", "--max-series", str(max(series, 10_000)),
-    )  # fmt: skip
-    process = Process(
-        Contender("project", argv, "--metrics-port", "session_consumer_messages"),
-        free_port(),
-        logs,
-        "scrape",
-    )
+    flags = ["--group-id", "bench-scrape", "--max-series", str(max(series, 10_000))]
+    process = Process(project(bootstrap, TOPIC, *flags), free_port(), logs, "scrape")
     await process.start()
     try:
         await watch([process], series * PER_SERIES, within=600)
