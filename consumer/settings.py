@@ -167,6 +167,12 @@ RUN_OPTIONS: tuple[Option, ...] = (
         "earliest",
         "where a new group starts reading",
     ),
+    Option(
+        "isolation_level",
+        _choice("read_committed", "read_uncommitted"),
+        "read_committed",
+        "read_committed never counts records of aborted or open transactions",
+    ),
     Option("dlq_topic", _topic, None, "dead-letter topic for invalid messages (off when unset)"),
     Option("metrics_host", _text, "0.0.0.0", "address the HTTP server binds"),
     Option("metrics_port", _int_range(0, 65535), "8000", "port of /metrics, /healthz, /readyz"),
@@ -257,6 +263,7 @@ class Settings:
     topic: tuple[str, ...]
     group_id: str
     auto_offset_reset: str
+    isolation_level: str
     dlq_topic: str | None
     metrics_host: str
     metrics_port: int

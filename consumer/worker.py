@@ -101,7 +101,7 @@ class Worker:
             return []
         now, out = time.time(), []
         for tp in consumer.assignment():
-            progress, highwater = self._progress.get(tp), consumer.highwater(tp)
+            progress, highwater = self._progress.get(tp), self._end_offset(consumer, tp)
             if progress is None or highwater is None:
                 continue
             position = (
@@ -117,6 +117,16 @@ class Worker:
                 seconds = max(0.0, now - progress.last_timestamp)
             out.append(PartitionLag(tp.topic, tp.partition, behind, seconds))
         return out
+
+    def _end_offset(self, consumer: AIOKafkaConsumer, tp: TopicPartition) -> int | None:
+        """Where reading this partition ends: under read_committed the last stable offset
+        (records of open transactions cannot be read yet), else the highwater."""
+        if self.settings.isolation_level == "read_committed":
+            stable: int | None = consumer.last_stable_offset(tp)
+            if stable is not None and stable >= 0:
+                return stable
+        end: int | None = consumer.highwater(tp)
+        return end
 
     # --- lifecycle -----------------------------------------------------------
 
@@ -170,6 +180,7 @@ class Worker:
                 group_id=s.group_id,
                 enable_auto_commit=False,
                 auto_offset_reset=s.auto_offset_reset,
+                isolation_level=s.isolation_level,
                 session_timeout_ms=s.session_timeout_ms,
                 heartbeat_interval_ms=s.heartbeat_interval_ms,
                 max_partition_fetch_bytes=max(1048576, s.max_message_bytes),
