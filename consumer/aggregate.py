@@ -6,7 +6,7 @@ no Kafka, no prometheus-client.
 """
 
 from bisect import bisect_left
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from schemas import CreateSessionResponseBody
@@ -82,9 +82,15 @@ def _add_into(target: list[int], source: list[int]) -> None:
 
 
 def aggregate(
-    events: Iterable[CreateSessionResponseBody], buckets: Buckets
+    events: Iterable[CreateSessionResponseBody],
+    buckets: Buckets,
+    admit: Callable[[SeriesKey, int], SeriesKey] | None = None,
 ) -> dict[SeriesKey, Totals]:
-    """Totals per series of `events`; the caller has already dropped duplicates."""
+    """Totals per series of `events`; the caller has already dropped duplicates.
+
+    `admit(key, sessions)` names the series a key's events go to (the cardinality
+    guard): asked once per key, with the key's session count.
+    """
     out: dict[SeriesKey, Totals] = {}
     duration_bounds, tokens_bounds, cost_bounds = (
         buckets.duration_seconds,
@@ -110,6 +116,19 @@ def aggregate(
         t.duration_buckets[bisect_left(duration_bounds, seconds)] += 1
         t.tokens_buckets[bisect_left(tokens_bounds, usage.total_tokens)] += 1
         t.cost_buckets[bisect_left(cost_bounds, billing.total_cost)] += 1
+    return out if admit is None else _admitted(out, admit)
+
+
+def _admitted(
+    totals: dict[SeriesKey, Totals], admit: Callable[[SeriesKey, int], SeriesKey]
+) -> dict[SeriesKey, Totals]:
+    out: dict[SeriesKey, Totals] = {}
+    for key, t in totals.items():
+        target = admit(key, t.sessions)
+        if target in out:
+            out[target].merge(t)
+        else:
+            out[target] = t
     return out
 
 

@@ -7,25 +7,13 @@ forever: the message is still counted as invalid, so it is not lost silently.
 
 import asyncio
 import logging
-from dataclasses import dataclass
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
-from consumer.decode import Invalid
+from consumer.pipeline import Rejected
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class Rejected:
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-    headers: tuple[tuple[str, bytes], ...]
-    invalid: Invalid
 
 
 def dlq_headers(r: Rejected) -> list[tuple[str, bytes]]:

@@ -3,6 +3,10 @@
 Kafka delivers at least once (a redelivered batch after a crash, a producer
 retry): the window turns that into "counted once" for any repeat that arrives
 within the last `size` distinct ids. Memory is bounded by `size` plus one batch.
+
+Counts that are withdrawn (a partition handed over before a scrape showed them)
+must be counted again when their records come back, so the ids a batch added
+can be forgotten again: `admit` hands out the list it remembered them in.
 """
 
 from collections import deque
@@ -32,15 +36,18 @@ class DedupWindow:
 
     def add_all(self, ids: list[str]) -> list[int]:
         """Remember `ids` in order; positions of those already seen (here or earlier in `ids`)."""
+        return self.admit(ids)[0]
+
+    def admit(self, ids: list[str]) -> tuple[list[int], list[str]]:
+        """`add_all`, plus the list the new ids are remembered in, for `forget`."""
         if self.size == 0:
-            return []
+            return [], []
         seen = self._seen
         if seen.isdisjoint(ids):
             before = len(seen)
             seen.update(ids)
             if len(seen) - before == len(ids):
-                self._remember(list(ids))
-                return []
+                return [], self._remember(list(ids))
             # A repeat inside `ids` itself: none of them was seen before, so undo exactly.
             seen.difference_update(ids)
         duplicates, kept = [], []
@@ -50,14 +57,23 @@ class DedupWindow:
             else:
                 seen.add(session_id)
                 kept.append(session_id)
-        self._remember(kept)
-        return duplicates
+        return duplicates, self._remember(kept)
 
-    def _remember(self, ids: list[str]) -> None:
+    def forget(self, remembered: list[str]) -> None:
+        """Forget the ids of one `admit` (still in the window or already evicted)."""
+        self._seen.difference_update(remembered)
+        # Emptied in place: the window's deque holds the same list, and every id the
+        # window remembers must stay in exactly one of its lists.
+        remembered.clear()
+
+    def _remember(self, ids: list[str]) -> list[str]:
         if not ids:
-            return
+            return ids
         batches, seen = self._batches, self._seen
         batches.append(ids)
         # Every remembered id is in exactly one batch, so len(seen) is their total.
         while len(seen) - len(batches[0]) >= self.size:
-            seen.difference_update(batches.popleft())
+            evicted = batches.popleft()
+            seen.difference_update(evicted)
+            evicted.clear()  # a later forget() of an evicted batch must not touch newer ids
+        return ids

@@ -3,6 +3,11 @@
 It runs on the worker's event loop, so a scrape sees the metrics between
 batches, never half a batch. Optionally HTTPS, and basic auth on /metrics
 only: the probes say nothing secret and kubelet probes carry no credentials.
+
+A full scrape (no `name[]` filter, credentials accepted) publishes every
+pending count before it renders, and once its whole response is written the
+worker may commit the offsets it covered. A filtered request shows what is
+published and commits nothing: it did not show every family.
 """
 
 import asyncio
@@ -15,11 +20,13 @@ import ssl
 import zlib
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from aiohttp import hdrs, web
 from prometheus_client import CollectorRegistry
 
 from consumer.exposition import BusinessText, render
+from consumer.ledger import Fold
 from consumer.logs import RateLimit
 
 log = logging.getLogger(__name__)
@@ -29,6 +36,11 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 CHALLENGE = 'Basic realm="session-metrics", charset="UTF-8"'
 GZIP = 16 + zlib.MAX_WBITS
 """zlib's wbits for a gzip header and trailer."""
+
+
+class Scrapes(Protocol):
+    def fold(self) -> Fold: ...
+    def served(self, fold: Fold) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -99,11 +111,13 @@ def make_app(
     probes: Probes,
     credentials: Credentials | None = None,
     business: BusinessText | None = None,
+    scrapes: Scrapes | None = None,
 ) -> web.Application:
     async def metrics(request: web.Request) -> web.StreamResponse:
         # `name[]=...` as prometheus-client's own server has it: one family, cheaply.
         names = request.query.getall("name[]", [])
         accept = request.headers.get(hdrs.ACCEPT, "")
+        fold = scrapes.fold() if scrapes is not None and not names else None
         # Rendered synchronously here, so the body is one moment between batches;
         # writing it out may then await without other batches showing up in it.
         chunks, content_type = render(registry, business, accept, names)
@@ -114,6 +128,8 @@ def make_app(
         await response.prepare(request)
         await _write(response, chunks, gzipped)
         await response.write_eof()
+        if fold is not None:  # not reached when the client went away mid-answer
+            scrapes.served(fold)  # type: ignore[union-attr]
         return response
 
     async def healthz(_: web.Request) -> web.Response:

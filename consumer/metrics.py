@@ -63,7 +63,12 @@ HISTOGRAMS = (
 
 
 class BusinessMetrics(Collector):
-    """All-time totals per (workspace, project); series never expire, at most `max_series`."""
+    """Published all-time totals per (workspace, project): what scrapes show.
+
+    Series never expire; at most `max_series` of them. A key gets its series when
+    it is first admitted (counting, before any scrape publishes it), so counts that
+    are pending somewhere cannot push the published set past the limit.
+    """
 
     def __init__(self, buckets: Buckets, max_series: int, overflowed: Counter) -> None:
         self.buckets = buckets
@@ -73,32 +78,38 @@ class BusinessMetrics(Collector):
         """Totals per series; read by the exposition, written only by apply()."""
         self.changed: set[SeriesKey] = set()
         """Series changed since the exposition last rendered them."""
+        self._admitted: set[SeriesKey] = set()
+        """Keys given a series slot, published or not yet."""
 
     def __len__(self) -> int:
         return len(self.series)
 
     def grand_total(self) -> tuple[float, float]:
-        """(sessions, cost) over every series: for the demo's summary line."""
+        """(sessions, cost) over every published series: for the demo's summary line."""
         series = self.series.values()
         return float(sum(t.sessions for t in series)), sum(t.cost for t in series)
 
-    def apply(self, batch: dict[SeriesKey, Totals]) -> None:
-        series, changed = self.series, self.changed
-        for batch_key, totals in batch.items():
-            key = batch_key if batch_key in series else self._new_series(batch_key, totals.sessions)
-            series[key].merge(totals)
-            changed.add(key)
+    def admit(self, key: SeriesKey, sessions: int) -> SeriesKey:
+        """The series `key`'s `sessions` are counted under: itself, or the overflow once full."""
+        admitted = self._admitted
+        if key in admitted:
+            return key
+        if len(admitted) - (OVERFLOW in admitted) < self.max_series:
+            admitted.add(key)
+            return key
+        self._overflowed.inc(sessions)
+        admitted.add(OVERFLOW)
+        return OVERFLOW
 
-    def _new_series(self, key: SeriesKey, sessions: int) -> SeriesKey:
-        """The key `key`'s sessions go to: itself, or the overflow series once full."""
-        series = self.series
-        if len(series) >= self.max_series + (OVERFLOW in series):
-            self._overflowed.inc(sessions)
-            key = OVERFLOW
-            if key in series:
-                return key
-        series[key] = Totals(self.buckets)
-        return key
+    def apply(self, batch: dict[SeriesKey, Totals]) -> None:
+        """Publish `batch` (keys already admitted): the next scrape shows it."""
+        series, changed, buckets = self.series, self.changed, self.buckets
+        for key, totals in batch.items():
+            target = series.get(key)
+            if target is None:
+                target = series[key] = Totals(buckets)
+            target.merge(totals)
+            changed.add(key)
 
     def describe(self) -> Iterable[Metric]:
         # Names only, so registering does not run a full collect().
@@ -149,6 +160,41 @@ class PartitionLag:
     records: int
     seconds: float | None
     """None until a record of the partition has been processed."""
+
+
+@dataclass(frozen=True)
+class ScrapeState:
+    pending_records: int
+    seconds_since_served: float
+
+
+class ScrapeStateCollector(Collector):
+    """What no served scrape covers yet, read as the scrape renders (before it is served)."""
+
+    def __init__(self, read: Callable[[], ScrapeState]) -> None:
+        self._read = read
+
+    def describe(self) -> Iterable[GaugeMetricFamily]:
+        return self._families(ScrapeState(0, 0.0))
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        return self._families(self._read())
+
+    @staticmethod
+    def _families(state: ScrapeState) -> list[GaugeMetricFamily]:
+        return [
+            GaugeMetricFamily(
+                "session_consumer_pending_records",
+                "Records processed that no served scrape has covered yet; their offsets are "
+                "held back, and the next owner counts them again if this worker stops now.",
+                value=state.pending_records,
+            ),
+            GaugeMetricFamily(
+                "session_consumer_seconds_since_served_scrape",
+                "Seconds since the last served scrape of /metrics (before this one).",
+                value=state.seconds_since_served,
+            ),
+        ]
 
 
 class LagCollector(Collector):
@@ -225,6 +271,12 @@ class ConsumerMetrics:
         self.commit_failures = Counter(
             p + "commit_failures", "Offset commits that failed.", registry=r
         )
+        self.batches_dropped = Counter(
+            p + "batches_dropped",
+            "Batches fetched before a rebalance and not counted: read again from the "
+            "committed offsets.",
+            registry=r,
+        )
         self.rebalances = Counter(p + "rebalances", "Partition assignments received.", registry=r)
         self.assigned_partitions = Gauge(
             p + "assigned_partitions", "Partitions assigned now.", registry=r
@@ -267,6 +319,9 @@ class ConsumerMetrics:
 
     def register_lag(self, read: Callable[[], Iterable[PartitionLag]]) -> None:
         self.operational.register(LagCollector(read))
+
+    def register_scrape_state(self, read: Callable[[], ScrapeState]) -> None:
+        self.operational.register(ScrapeStateCollector(read))
 
     def mark_processed(self) -> None:
         self.last_processed.set(time.time())

@@ -28,6 +28,7 @@ async def serve(
         Probes(healthy=worker.healthy, ready=lambda: worker.ready),
         metrics_credentials(settings.http),
         BusinessText(worker.metrics.business),
+        worker,
     )
     server = HttpServer(
         app, settings.metrics_host, settings.metrics_port, metrics_tls_context(settings.http)

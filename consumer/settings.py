@@ -52,6 +52,13 @@ def _positive_float(raw: str) -> float:
     return value
 
 
+def _non_negative_float(raw: str) -> float:
+    value = float(raw)
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError("must be a number >= 0")
+    return value
+
+
 def _choice(*allowed: str) -> Callable[[str], str]:
     def parse(raw: str) -> str:
         value = raw.strip().upper() if allowed[0].isupper() else raw.strip().lower()
@@ -173,6 +180,20 @@ RUN_OPTIONS: tuple[Option, ...] = (
         "read_committed",
         "read_committed never counts records of aborted or open transactions",
     ),
+    Option(
+        "commit_after",
+        _choice("scrape", "batch"),
+        "scrape",
+        "commit offsets once a served scrape shows their counts (exact in Prometheus), "
+        "or after each batch (a stopping worker loses what no scrape showed)",
+    ),
+    Option(
+        "max_unscraped_seconds",
+        _non_negative_float,
+        "0",
+        "with --commit-after scrape: commit anyway after this long without a served "
+        "scrape (0 = never)",
+    ),
     Option("dlq_topic", _topic, None, "dead-letter topic for invalid messages (off when unset)"),
     Option("metrics_host", _text, "0.0.0.0", "address the HTTP server binds"),
     Option("metrics_port", _int_range(0, 65535), "8000", "port of /metrics, /healthz, /readyz"),
@@ -264,6 +285,8 @@ class Settings:
     group_id: str
     auto_offset_reset: str
     isolation_level: str
+    commit_after: str
+    max_unscraped_seconds: float
     dlq_topic: str | None
     metrics_host: str
     metrics_port: int

@@ -1,9 +1,10 @@
-"""The Worker owns the consumer lifecycle: start, loop, drain, commit, stop.
+"""The Worker: I/O only. Fetches batches, dead-letters, commits what the ledger allows.
 
 Each batch flows one way: records -> decode -> (dead-letter) -> dedup ->
-aggregate -> metrics -> commit. Offsets are committed only for records whose
-metrics are applied (at least once); everything from dedup to the metric
-update is synchronous, so a batch is applied whole or not at all.
+aggregate (consumer/pipeline.py) -> pending counts per partition
+(consumer/ledger.py). A served scrape of /metrics publishes them and makes their
+offsets committable; a committer task commits them off the scrape's path. With
+`--commit-after batch` each batch is published and committed at once instead.
 """
 
 import asyncio
@@ -11,20 +12,19 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Iterable
-from dataclasses import dataclass
-from itertools import chain
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaConnectionError, KafkaError
-from aiokafka.structs import OffsetAndMetadata
 
-from consumer.aggregate import Buckets, aggregate, newest_event_time
-from consumer.deadletter import DeadLetter, Rejected
-from consumer.decode import Decoded, Invalid, decode_many
+from consumer.aggregate import Buckets
+from consumer.deadletter import DeadLetter
 from consumer.dedup import DedupWindow
+from consumer.ledger import Fold, Ledger
 from consumer.logs import RateLimit
-from consumer.metrics import ConsumerMetrics, PartitionLag
-from consumer.rebalance import CommitOnRevoke
+from consumer.metrics import ConsumerMetrics, PartitionLag, ScrapeState
+from consumer.offsets import Committer
+from consumer.pipeline import BatchResult, Rejected, count, decode_batch
+from consumer.rebalance import HandOver
 from consumer.security import client_kwargs, raise_if_refused
 from consumer.settings import Settings
 
@@ -38,19 +38,7 @@ DLQ_MAX_REQUEST_BYTES = 64 * 1024 * 1024
 CLOSE_TIMEOUT = 2.0
 """Seconds for each step after the drain: the final commit, stopping each Kafka client."""
 
-
-@dataclass(slots=True)
-class Progress:
-    """Where this worker is in one partition."""
-
-    position: int | None = None
-    """Next offset to process (last processed + 1)."""
-    last_timestamp: float | None = None
-    """Kafka timestamp (s) of the last processed record."""
-    committed: int | None = None
-    """Last offset committed by this worker."""
-    fetch_position: int | None = None
-    """The consumer's position before anything was processed: for lag only, never committed."""
+Batch = dict[TopicPartition, list[ConsumerRecord]]
 
 
 class Worker:
@@ -66,16 +54,19 @@ class Worker:
         buckets = Buckets(settings.duration_buckets, settings.tokens_buckets, settings.cost_buckets)
         self.buckets = buckets
         self.metrics = metrics or ConsumerMetrics(buckets, settings.max_series)
-        self.metrics.register_lag(self.partition_lag)
         self.dedup = DedupWindow(settings.dedup_window)
+        self.ledger = Ledger(self.metrics.business.apply, self.dedup.forget)
+        self.metrics.register_lag(self.partition_lag)
+        self.metrics.register_scrape_state(self.scrape_state)
         self.batch_lock = asyncio.Lock()
         self.connected = False
         self.heartbeat = time.monotonic()
-        self._progress: dict[TopicPartition, Progress] = {}
         self._stopping = asyncio.Event()
+        self._commit_wanted = asyncio.Event()
         self._invalid_logs = RateLimit()
         self._newest_event = 0.0
         self._consumer: AIOKafkaConsumer | None = None
+        self._committer: Committer | None = None
         self._producer: AIOKafkaProducer | None = None
         self._dead_letter: DeadLetter | None = None
 
@@ -95,27 +86,35 @@ class Worker:
             return True
         return time.monotonic() - self.heartbeat < self.settings.stall_timeout
 
+    def fold(self) -> Fold:
+        """A full scrape begins: publish every pending count (the HTTP server calls this)."""
+        return self.ledger.fold()
+
+    def served(self, fold: Fold) -> None:
+        """That scrape's response is written: its positions may be committed now."""
+        self.ledger.served(fold)
+        self._commit_wanted.set()
+
+    def scrape_state(self) -> ScrapeState:
+        return ScrapeState(self.ledger.pending_records(), self.ledger.seconds_since_served())
+
     def partition_lag(self) -> Iterable[PartitionLag]:
         consumer = self._consumer
         if consumer is None:
             return []
         now, out = time.time(), []
-        for tp in consumer.assignment():
-            progress, highwater = self._progress.get(tp), self._end_offset(consumer, tp)
-            if progress is None or highwater is None:
+        for tp, state in self.ledger.states():
+            end = self._end_offset(consumer, tp)
+            position = state.processed if state.processed is not None else state.fetch_position
+            if end is None or position is None:
                 continue
-            position = (
-                progress.position if progress.position is not None else (progress.fetch_position)
-            )
-            if position is None:
-                continue
-            behind = max(0, highwater - position)
+            behind = max(0, end - position)
             seconds = None
             if behind == 0:
                 seconds = 0.0
-            elif progress.last_timestamp is not None:
-                seconds = max(0.0, now - progress.last_timestamp)
-            out.append(PartitionLag(tp.topic, tp.partition, behind, seconds))
+            elif state.last_timestamp is not None:
+                seconds = max(0.0, now - state.last_timestamp)
+            out.append(PartitionLag(tp[0], tp[1], behind, seconds))
         return out
 
     def _end_offset(self, consumer: AIOKafkaConsumer, tp: TopicPartition) -> int | None:
@@ -135,32 +134,42 @@ class Worker:
         self._stopping.set()
 
     async def run(self) -> None:
-        """Connect (retrying), consume until stop(), drain within the timeout, commit, close."""
+        """Connect (retrying), consume until stop(), drain within the timeout, commit, close.
+
+        What no served scrape has shown is not committed: it dies with the process
+        and the partitions' next owners count it again.
+        """
         if not await self._start():
             return
-        assert self._consumer is not None
-        loop_task = asyncio.create_task(self._consume(), name="consume")
-        probe_task = asyncio.create_task(self._probe(), name="probe")
+        assert self._committer is not None
+        tasks = [
+            asyncio.create_task(self._consume(), name="consume"),
+            asyncio.create_task(self._probe(), name="probe"),
+            asyncio.create_task(self._commit_when_served(), name="commit"),
+        ]
         try:
             stopped = asyncio.create_task(self._stopping.wait())
-            await asyncio.wait({loop_task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({tasks[0], stopped}, return_when=asyncio.FIRST_COMPLETED)
             stopped.cancel()
-            if loop_task.done():
-                loop_task.result()  # the loop only ends on its own by raising
-            await self._drain(loop_task)
-            await self._bounded(self.commit_processed(self._consumer.assignment()), "final commit")
+            if tasks[0].done():
+                tasks[0].result()  # the loop only ends on its own by raising
+            await self._drain(tasks[0])
+            for task in tasks[1:]:  # a commit hung in the committer must not hold the last one
+                task.cancel()
+            await asyncio.gather(*tasks[1:], return_exceptions=True)
+            await self._bounded(self._committer.commit_served(), "final commit")
         finally:
-            probe_task.cancel()
-            loop_task.cancel()
-            await asyncio.gather(probe_task, loop_task, return_exceptions=True)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
             await self._close()
 
     async def _drain(self, loop_task: "asyncio.Task[None]") -> None:
         try:
             await asyncio.wait_for(asyncio.shield(loop_task), self.settings.drain_timeout)
         except TimeoutError:
-            # The cut-off batch's offsets were never recorded as processed,
-            # so the final commit below cannot commit it.
+            # The cut-off batch was never recorded in the ledger, so nothing of it
+            # can be committed.
             loop_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await loop_task
@@ -203,8 +212,12 @@ class Worker:
                 delay = min(delay * 2, 30.0)
                 continue
             self._consumer = consumer
+            self._committer = Committer(consumer, self.ledger, self.metrics)
             self.heartbeat = time.monotonic()
-            consumer.subscribe(list(s.topic), listener=CommitOnRevoke(self))
+            listener = HandOver(
+                self.ledger, self._committer, self.batch_lock, self.metrics, s.group_id
+            )
+            consumer.subscribe(list(s.topic), listener=listener)
             self.connected = True
             if s.dlq_topic:
                 self._producer = AIOKafkaProducer(
@@ -226,6 +239,7 @@ class Worker:
         return False
 
     async def _close(self) -> None:
+        pending = self.ledger.pending_records()
         for client in (self._consumer, self._producer):
             if client is not None:
                 await self._bounded(_stop_client(client), f"{type(client).__name__} stop")
@@ -239,7 +253,10 @@ class Worker:
                 outcome: int(count("session_consumer_messages_total", {"outcome": outcome}) or 0)
                 for outcome in ("counted", "duplicate", "invalid", "tombstone")
             }
-            | {"cost": self.metrics.business.grand_total()[1]},
+            | {
+                "cost": self.metrics.business.grand_total()[1],
+                "records_left_to_next_owner": pending,
+            },
         )
 
     async def _bounded(self, step: Awaitable[None], what: str) -> None:
@@ -262,67 +279,73 @@ class Worker:
             batch = await consumer.getmany(
                 timeout_ms=500, max_records=self.settings.max_batch_records
             )
-            if batch:
-                # getmany() drained the fetch buffer, which wakes aiokafka's fetch task;
-                # let it send the next fetch before this batch takes the CPU for tens of
-                # ms, so the broker prepares it meanwhile (measured: ~180k -> ~205k/s).
-                for _ in range(FETCH_YIELDS):
-                    await asyncio.sleep(0)
-                async with self.batch_lock:
+            if not batch:
+                continue
+            # aiokafka returned these for the assignment of this moment; a revoke from
+            # here to the lock withdraws their partitions (and resets the positions).
+            generation = self.ledger.generation
+            await self._let_fetch_go_out()
+            async with self.batch_lock:
+                if self.ledger.generation != generation:
+                    self._drop(batch)
+                else:
                     await self._process(batch)
 
-    async def _process(self, batch: dict[TopicPartition, list[ConsumerRecord]]) -> None:
-        started = time.perf_counter()
-        decoded = decode_many(
-            [r.value for r in chain.from_iterable(batch.values())],
-            self.settings.max_message_bytes,
-            strict_keys=self.settings.reject_duplicate_keys,
+    async def _let_fetch_go_out(self) -> None:
+        # getmany() drained the fetch buffer, which wakes aiokafka's fetch task;
+        # let it send the next fetch before this batch takes the CPU for tens of
+        # ms, so the broker prepares it meanwhile (measured: ~180k -> ~205k/s).
+        for _ in range(FETCH_YIELDS):
+            await asyncio.sleep(0)
+
+    def _drop(self, batch: Batch) -> None:
+        """A rebalance came between fetch and processing: counting the batch would count
+        partitions another worker now reads from their committed offsets."""
+        self.metrics.batches_dropped.inc()
+        log.info(
+            "batch fetched before a rebalance dropped",
+            extra={"records": sum(map(len, batch.values()))},
         )
-        rejected = _rejected(batch, decoded.invalid) if decoded.invalid else []
-        dead = await self._send_dead_letters(rejected)
-        # From here to the end of _apply nothing awaits: the batch lands whole.
-        self._apply(batch, decoded, rejected, dead)
+
+    async def _process(self, batch: Batch) -> None:
+        started = time.perf_counter()
+        s = self.settings
+        decoded = decode_batch(batch, s.max_message_bytes, strict_keys=s.reject_duplicate_keys)
+        dead = await self._send_dead_letters(decoded.rejected)
+        # From here on nothing awaits: the batch lands in the ledger whole.
+        result = count(decoded, self.dedup, self.buckets, self.metrics.business.admit)
+        for tp, counted in result.partitions.items():
+            self.ledger.record(tp, batch[tp][0].offset, counted)
+        self._count_outcomes(result, decoded.rejected, dead)
         self.metrics.batch_seconds.observe(time.perf_counter() - started)
         self.metrics.batch_records.observe(sum(map(len, batch.values())))
-        # All assigned partitions, so a commit that failed earlier is retried now.
-        await self.commit_processed(self._assignment())
+        if s.commit_after == "batch":
+            self.served(self.ledger.fold())
 
     async def _send_dead_letters(self, rejected: list[Rejected]) -> tuple[int, int]:
         if not rejected or self._dead_letter is None:
             return 0, 0
         return await self._dead_letter.send_all(rejected)
 
-    def _apply(
-        self,
-        batch: dict[TopicPartition, list[ConsumerRecord]],
-        decoded: Decoded,
-        rejected: list[Rejected],
-        dead: tuple[int, int],
+    def _count_outcomes(
+        self, result: BatchResult, rejected: list[Rejected], dead: tuple[int, int]
     ) -> None:
-        m, events = self.metrics, decoded.events
-        duplicates = self.dedup.add_all([e.id for e in events])
-        if duplicates:
-            skip = set(duplicates)
-            events = [e for i, e in enumerate(events) if i not in skip]
-        m.business.apply(aggregate(events, self.buckets))
-        newest = newest_event_time(events)
+        """Operational counters: what this process did, including counts it may later
+        withdraw (a rate, not a total to reconcile; the llm_* series are the totals)."""
+        m = self.metrics
+        newest = result.newest_event
         if newest is not None and newest > self._newest_event:
             self._newest_event = newest
             m.newest_event.set(newest)
-        m.messages.labels("counted").inc(len(events))
-        m.messages.labels("duplicate").inc(len(duplicates))
-        m.messages.labels("tombstone").inc(decoded.tombstones)
+        m.messages.labels("counted").inc(result.total("counted"))
+        m.messages.labels("duplicate").inc(result.total("duplicates"))
+        m.messages.labels("tombstone").inc(result.total("tombstones"))
         m.messages.labels("invalid").inc(len(rejected))
         m.dead_lettered.inc(dead[0])
         m.dead_letter_failures.inc(dead[1])
         for r in rejected:
             m.invalid.labels(r.invalid.reason.value).inc()
         self._log_invalid(rejected)
-        for tp, partition_records in batch.items():
-            progress = self._progress.setdefault(tp, Progress())
-            last = partition_records[-1]
-            progress.position = last.offset + 1
-            progress.last_timestamp = last.timestamp / 1000.0
         m.mark_processed()
 
     def _log_invalid(self, rejected: list[Rejected]) -> None:
@@ -340,43 +363,16 @@ class Worker:
                     },
                 )
 
-    # --- offsets -----------------------------------------------------------------
+    # --- background tasks --------------------------------------------------------------
 
-    async def commit_processed(self, partitions: Iterable[TopicPartition]) -> None:
-        """Commit the processed position of `partitions` where it moved since the last commit."""
-        consumer = self._consumer
-        if consumer is None:
-            return
-        offsets = {}
-        for tp in partitions:
-            p = self._progress.get(tp)
-            if p is not None and p.position is not None and p.position != p.committed:
-                offsets[tp] = OffsetAndMetadata(p.position, "")
-        if not offsets:
-            return
-        try:
-            await consumer.commit(offsets)
-        except KafkaError as exc:
-            self.metrics.commit_failures.inc()
-            log.error("commit failed", extra={"error": repr(exc), "partitions": len(offsets)})
-            return
-        self.metrics.commits.inc()
-        for tp, meta in offsets.items():
-            self._progress[tp].committed = meta.offset
-
-    def _assignment(self) -> set[TopicPartition]:
-        return set(self._consumer.assignment()) if self._consumer is not None else set()
-
-    def on_assigned(self, assigned: set[TopicPartition]) -> None:
-        self.metrics.rebalances.inc()
-        self.metrics.assigned_partitions.set(len(assigned))
-
-    def forget(self, revoked: set[TopicPartition]) -> None:
-        for tp in revoked:
-            self._progress.pop(tp, None)
-        self.metrics.assigned_partitions.set(0)
-
-    # --- background probe ------------------------------------------------------------
+    async def _commit_when_served(self) -> None:
+        """Commit after each served scrape, off the scrape's path; a failed commit is
+        asked again by the next one."""
+        assert self._committer is not None
+        while True:
+            await self._commit_wanted.wait()
+            self._commit_wanted.clear()
+            await self._committer.commit_served()
 
     async def _probe(self) -> None:
         """Keep `connected` true to the broker and learn positions of idle partitions."""
@@ -391,32 +387,30 @@ class Worker:
                 if self.connected:
                     log.warning("lost contact with Kafka", extra={"error": repr(exc)})
                 self.connected = False
+            self._publish_if_unscraped()
             await asyncio.sleep(PROBE_INTERVAL)
+
+    def _publish_if_unscraped(self) -> None:
+        """--max-unscraped-seconds: nobody scraped for that long; publish and commit
+        anyway, so offsets (and the group's lag) do not wait for a scrape forever."""
+        limit = self.settings.max_unscraped_seconds
+        if not limit or self.ledger.seconds_since_served() < limit:
+            return
+        pending = self.ledger.pending_records()
+        if pending:
+            log.warning(
+                "no scrape served in time: committing unscraped records",
+                extra={"max_unscraped_seconds": limit, "records": pending},
+            )
+            self.served(self.ledger.fold())
 
     async def _learn_positions(self, consumer: AIOKafkaConsumer) -> None:
         # A partition with nothing to read yet has no processed record; its
         # fetch position still tells the lag (0 once caught up).
-        for tp in consumer.assignment():
-            progress = self._progress.setdefault(tp, Progress())
-            if progress.position is None:
+        for tp, state in self.ledger.states():
+            if state.processed is None and tp in consumer.assignment():
                 with contextlib.suppress(KafkaError, AssertionError, TimeoutError):
-                    progress.fetch_position = await asyncio.wait_for(consumer.position(tp), 1.0)
-
-
-def _rejected(
-    batch: dict[TopicPartition, list[ConsumerRecord]], invalid: list[tuple[int, Invalid]]
-) -> list[Rejected]:
-    """The records behind `invalid`, whose positions count across the batch's partitions."""
-    records = list(chain.from_iterable(batch.values()))
-    out = []
-    for position, why in invalid:
-        rec = records[position]
-        out.append(
-            Rejected(
-                rec.topic, rec.partition, rec.offset, rec.key, rec.value, tuple(rec.headers), why
-            )
-        )
-    return out
+                    state.fetch_position = await asyncio.wait_for(consumer.position(tp), 1.0)
 
 
 async def _stop_client(client: AIOKafkaConsumer | AIOKafkaProducer) -> None:

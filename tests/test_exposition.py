@@ -27,7 +27,7 @@ def metrics_with(workspaces: list[str], max_series: int = 1000) -> ConsumerMetri
         msgspec.structs.replace(e, workspace_id=workspaces[i % len(workspaces)])
         for i, e in enumerate(SessionFactory(seed=7).events(400))
     ]
-    metrics.business.apply(aggregate(events, BUCKETS))
+    metrics.business.apply(aggregate(events, BUCKETS, metrics.business.admit))
     metrics.messages.labels("counted").inc(len(events))
     return metrics
 
@@ -81,7 +81,7 @@ def test_series_changed_after_a_scrape_show_their_new_values_in_the_next() -> No
 
     more = list(SessionFactory(seed=8).events(10))
     more = [msgspec.structs.replace(e, workspace_id="a", project_id=None) for e in more]
-    metrics.business.apply(aggregate(more, BUCKETS))
+    metrics.business.apply(aggregate(more, BUCKETS, metrics.business.admit))
 
     assert samples(body(metrics, text)) == samples(generate_latest(metrics.registry).decode())
 
@@ -113,7 +113,9 @@ def test_gzip_of_the_chunks_decompresses_to_the_same_body() -> None:
 def test_registry_fixture_still_reads_both_kinds_of_metric() -> None:
     registry = CollectorRegistry()
     metrics = ConsumerMetrics(BUCKETS, 10, registry=registry)
-    metrics.business.apply(aggregate(list(SessionFactory(seed=1).events(5)), BUCKETS))
+    metrics.business.apply(
+        aggregate(list(SessionFactory(seed=1).events(5)), BUCKETS, metrics.business.admit)
+    )
 
     assert registry.get_sample_value("session_consumer_messages_total", {"outcome": "counted"}) == 0
     assert (

@@ -28,6 +28,7 @@ async def test_restarted_worker_resumes_from_committed_offsets(
     await produce(producer, topic, count=1200, rate=None, seed=21)
     first = await start_worker(settings)
     await eventually(lambda: first.counted() == 1200)
+    await first.scrape()  # what a served scrape showed is committed
     await first.stop()
 
     # Events 1200..1999 of the same seeded stream, produced while no worker runs.
@@ -37,6 +38,7 @@ async def test_restarted_worker_resumes_from_committed_offsets(
     await eventually(lambda: second.counted() == 800, within=60)
     await asyncio.sleep(1)  # nothing more arrives: the first 1200 were not re-read
     assert second.counted() == 800
+    await second.scrape()
     got = series_values(second.worker.metrics.registry)["llm_sessions_total"]
     want = expected_totals(everything[1200:])
     assert got == {key: float(t.sessions) for key, t in want.items()}
@@ -83,6 +85,7 @@ async def test_two_workers_in_one_group_split_partitions_and_sum_exactly(
     totals: dict[tuple[str, str], float] = {}
     cost: dict[tuple[str, str], float] = {}
     for run in (a, b):
+        await run.scrape()
         values = series_values(run.worker.metrics.registry)
         for key, v in values["llm_sessions_total"].items():
             totals[key] = totals.get(key, 0.0) + v

@@ -309,6 +309,7 @@ async def test_every_hostile_kind_is_counted_by_reason_dead_lettered_and_the_wor
     assert sample(m, "session_consumer_dead_letter_failures_total") == 0
     assert sample(m, "session_consumer_dead_lettered_total") == len(INVALID_KINDS)
 
+    await run.scrape()  # publishes what was counted
     check_synthetic_totals(m)
     check_valid_kinds(m)
     check_exposition(await scrape(run))

@@ -51,7 +51,7 @@ def make_metrics(registry: CollectorRegistry, max_series: int = 100) -> Consumer
 
 
 def apply(metrics: ConsumerMetrics, events: Iterable[CreateSessionResponseBody]) -> None:
-    metrics.business.apply(aggregate(events, BUCKETS))
+    metrics.business.apply(aggregate(events, BUCKETS, metrics.business.admit))
 
 
 def test_counters_equal_the_sums_of_the_applied_events(registry: CollectorRegistry) -> None:

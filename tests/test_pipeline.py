@@ -38,6 +38,7 @@ async def test_totals_per_workspace_and_project_are_exact(
     assert stats.events == 3000
     expected = expected_totals(corpus(seed=7, count=3000))
     assert len(expected) > 200  # the corpus really spreads over many series
+    await run.scrape()  # a served scrape publishes what was counted
     got = series_values(m.registry)
     assert set(got["llm_sessions_total"]) == set(expected)
     for key, want in expected.items():
@@ -128,6 +129,7 @@ async def test_duplicate_session_ids_are_counted_once(
     assert stats.duplicates > 50
     assert sample(m, "session_consumer_messages_total", outcome="counted") == 1000
     total = sum(v.sessions for v in expected_totals(corpus(seed=11, count=1000)).values())
+    await run.scrape()
     counted = sum(series_values(m.registry)["llm_sessions_total"].values())
     assert counted == total == 1000
 

@@ -116,6 +116,7 @@ async def test_worker_consumes_through_tls_and_counts_every_event_exactly(
 
     assert run.counted() == 1000
     want = expected_totals(corpus(seed=88, count=1000))
+    await run.scrape()
     got = series_values(run.worker.metrics.registry)
     assert set(got["llm_sessions_total"]) == set(want)
     for key, totals in want.items():

@@ -1,0 +1,179 @@
+"""Per partition: what was processed, what a served scrape has shown, what is committed. Pure.
+
+The rule it keeps: a partition's committed offset never passes what a served
+scrape has shown. Counts since the last scrape are *pending*, kept per
+partition; a scrape folds them into the published totals (`fold`) and, once
+its response is written (`served`), the positions it covered may be
+committed. A partition that leaves this worker takes its pending counts with
+it (`withdraw`): Prometheus never saw them, and the next owner counts them
+again from the committed offset, so every counter stays monotonic and exact
+in Prometheus's view. A process that dies loses its pending counts the same way.
+
+Memory: pending totals are at most (assigned partitions x series) Totals, and
+usually far fewer, since a series' events mostly share a partition (keyed by
+workspace); they are emptied at every scrape.
+"""
+
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+
+from consumer.aggregate import SeriesKey, Totals
+from consumer.pipeline import Counted, Partition
+
+Publish = Callable[[dict[SeriesKey, Totals]], None]
+
+
+@dataclass(slots=True)
+class PartitionState:
+    start: int | None = None
+    """Offset of the first record processed since the partition was assigned."""
+    processed: int | None = None
+    """Next offset to process (last processed + 1)."""
+    last_timestamp: float | None = None
+    """Kafka timestamp (s) of the last processed record."""
+    served: int | None = None
+    """Position covered by the last served scrape: what may be committed."""
+    committed: int | None = None
+    fetch_position: int | None = None
+    """The consumer's position before anything was processed: for lag only."""
+    pending: dict[SeriesKey, Totals] = field(default_factory=dict)
+    remembered: list[list[str]] = field(default_factory=list)
+    """Dedup lists of the pending counts' ids, forgotten if they are withdrawn."""
+
+    @property
+    def pending_records(self) -> int:
+        if self.processed is None:
+            return 0
+        covered = self.served if self.served is not None else self.start
+        return self.processed - (covered if covered is not None else self.processed)
+
+
+@dataclass(frozen=True, slots=True)
+class Fold:
+    """The positions one fold covered, per partition state (a state replaced by a
+    revoke and a new assignment is another object, so a late `served` skips it)."""
+
+    covered: tuple[tuple[Partition, PartitionState, int], ...]
+
+
+class Ledger:
+    """The offset book of one worker. `forget_ids` is the dedup window's `forget`."""
+
+    def __init__(
+        self,
+        publish: Publish,
+        forget_ids: Callable[[list[str]], None],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._publish = publish
+        self._forget_ids = forget_ids
+        self._clock = clock
+        self._states: dict[Partition, PartitionState] = {}
+        self.generation = 0
+        """Changes at every withdrawal: a batch fetched before one must not be counted."""
+        self.last_served = clock()
+        """When a scrape was last served (start-up until the first)."""
+
+    def __contains__(self, tp: Partition) -> bool:
+        return tp in self._states
+
+    def states(self) -> Iterator[tuple[Partition, PartitionState]]:
+        return iter(list(self._states.items()))
+
+    def state(self, tp: Partition) -> PartitionState:
+        """The partition's state, created when it is first seen since its assignment."""
+        s = self._states.get(tp)
+        if s is None:
+            s = self._states[tp] = PartitionState()
+        return s
+
+    def assign(self, partitions: Iterable[Partition]) -> None:
+        for tp in partitions:
+            self.state(tp)
+
+    def record(self, tp: Partition, first_offset: int, counted: Counted) -> None:
+        """Add one batch's counts of `tp` (records from `first_offset` on) as pending."""
+        s = self.state(tp)
+        if s.start is None:
+            s.start = first_offset
+        s.processed = counted.next_offset
+        s.last_timestamp = counted.last_timestamp
+        if counted.remembered:
+            s.remembered.append(counted.remembered)
+        if not s.pending:
+            s.pending = counted.totals
+            return
+        pending = s.pending
+        for key, totals in counted.totals.items():
+            have = pending.get(key)
+            if have is None:
+                pending[key] = totals
+            else:
+                have.merge(totals)
+
+    def fold(self) -> Fold:
+        """Publish every pending count; the positions covered become committable once
+        the response showing them is `served`."""
+        covered = []
+        for tp, s in self._states.items():
+            if s.pending:
+                self._publish(s.pending)
+                s.pending = {}
+            # Published ids stay in the dedup window: if this partition comes back from
+            # the committed offset, their records are duplicates of what was shown.
+            s.remembered = []
+            if s.processed is not None:
+                covered.append((tp, s, s.processed))
+        return Fold(tuple(covered))
+
+    def served(self, fold: Fold) -> None:
+        for tp, s, position in fold.covered:
+            if self._states.get(tp) is s and (s.served is None or position > s.served):
+                s.served = position
+        self.last_served = self._clock()
+
+    def committable(self, partitions: Iterable[Partition] | None = None) -> dict[Partition, int]:
+        """Served positions not yet committed, of `partitions` (default: all)."""
+        wanted = self._states.keys() if partitions is None else partitions
+        out = {}
+        for tp in wanted:
+            s = self._states.get(tp)
+            if s is not None and s.served is not None and s.served != s.committed:
+                out[tp] = s.served
+        return out
+
+    def committed(self, offsets: dict[Partition, int]) -> None:
+        for tp, offset in offsets.items():
+            s = self._states.get(tp)
+            if s is not None:
+                s.committed = offset
+
+    def withdraw(self, partitions: Iterable[Partition]) -> dict[Partition, int]:
+        """Drop the partitions, their pending counts and their ids from the dedup window;
+        returns their served positions, which the caller commits."""
+        offsets = self.committable(partitions)
+        for tp in list(partitions):
+            s = self._states.pop(tp, None)
+            if s is None:
+                continue
+            for ids in s.remembered:
+                self._forget_ids(ids)
+        self.generation += 1
+        return offsets
+
+    def pending_records(self) -> int:
+        """Records processed that no served scrape covers: recounted if the worker dies now."""
+        return sum(s.pending_records for s in self._states.values())
+
+    def seconds_since_served(self) -> float:
+        return max(0.0, self._clock() - self.last_served)
+
+    def pending_total(self) -> tuple[float, float]:
+        """(sessions, cost) counted but not yet published."""
+        sessions, cost = 0, 0.0
+        for s in self._states.values():
+            for t in s.pending.values():
+                sessions += t.sessions
+                cost += t.cost
+        return float(sessions), cost

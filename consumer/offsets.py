@@ -1,0 +1,51 @@
+"""Commit the offsets the ledger allows: one commit at a time, failures counted and retried.
+
+A commit that fails is not retried on its own: the next scrape (or the next
+revoke, or the stop) asks again, and the ledger still holds the position.
+"""
+
+import asyncio
+import logging
+from collections.abc import Mapping
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
+from aiokafka.structs import OffsetAndMetadata
+
+from consumer.ledger import Ledger
+from consumer.metrics import ConsumerMetrics
+from consumer.pipeline import Partition
+
+log = logging.getLogger(__name__)
+
+
+class Committer:
+    def __init__(self, consumer: AIOKafkaConsumer, ledger: Ledger, metrics: ConsumerMetrics):
+        self._consumer = consumer
+        self._ledger = ledger
+        self._metrics = metrics
+        # Two commits in flight could land out of order and move an offset back.
+        self._lock = asyncio.Lock()
+
+    async def commit_served(self, partitions: set[TopicPartition] | None = None) -> None:
+        """Commit the served positions (of `partitions`, default all) not yet committed."""
+        async with self._lock:
+            await self._commit(self._ledger.committable(partitions))
+
+    async def commit(self, offsets: Mapping[Partition, int]) -> None:
+        async with self._lock:
+            await self._commit(offsets)
+
+    async def _commit(self, offsets: Mapping[Partition, int]) -> None:
+        if not offsets:
+            return
+        try:
+            await self._consumer.commit(
+                {TopicPartition(*tp): OffsetAndMetadata(o, "") for tp, o in offsets.items()}
+            )
+        except KafkaError as exc:
+            self._metrics.commit_failures.inc()
+            log.error("commit failed", extra={"error": repr(exc), "partitions": len(offsets)})
+            return
+        self._metrics.commits.inc()
+        self._ledger.committed(dict(offsets))

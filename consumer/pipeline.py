@@ -1,0 +1,130 @@
+"""One batch of Kafka records, grouped by partition, to per-partition counts. Pure.
+
+records -> decode -> (the caller dead-letters the rejected) -> dedup -> aggregate.
+Counts stay per partition because each partition's counts can be withdrawn on
+their own (consumer/ledger.py): a partition handed to another worker before a
+scrape showed its counts is counted again by its next owner.
+"""
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from consumer.aggregate import Buckets, SeriesKey, Totals, aggregate, newest_event_time
+from consumer.decode import Decoded, Invalid, decode_many
+from consumer.dedup import DedupWindow
+
+Partition = tuple[str, int]
+"""(topic, partition); aiokafka's TopicPartition is one."""
+
+
+class Record(Protocol):
+    """What the pipeline reads of a Kafka record (aiokafka's ConsumerRecord has it)."""
+
+    @property
+    def topic(self) -> str: ...
+    @property
+    def partition(self) -> int: ...
+    @property
+    def offset(self) -> int: ...
+    @property
+    def timestamp(self) -> int: ...
+    @property
+    def key(self) -> bytes | None: ...
+    @property
+    def value(self) -> bytes | None: ...
+    @property
+    def headers(self) -> Sequence[tuple[str, bytes]]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """An invalid record, with everything its dead-letter copy carries."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: tuple[tuple[str, bytes], ...]
+    invalid: Invalid
+
+
+@dataclass(slots=True)
+class DecodedBatch:
+    partitions: dict[Partition, tuple[Sequence[Record], Decoded]]
+    rejected: list[Rejected]
+
+
+@dataclass(slots=True)
+class Counted:
+    """What one batch adds to one partition."""
+
+    totals: dict[SeriesKey, Totals]
+    remembered: list[str]
+    """The dedup window's list of the ids counted here: forgotten if withdrawn."""
+    next_offset: int
+    last_timestamp: float
+    """Kafka timestamp (s) of the partition's last record in the batch."""
+    counted: int
+    duplicates: int
+    tombstones: int
+
+
+@dataclass(slots=True)
+class BatchResult:
+    partitions: dict[Partition, Counted]
+    newest_event: float | None
+    """Newest updatedAt (else startedAt) of a counted event, as a Unix time."""
+
+    def total(self, field: str) -> int:
+        return sum(getattr(c, field) for c in self.partitions.values())
+
+
+def decode_batch(
+    batch: Mapping[Partition, Sequence[Record]], max_bytes: int, *, strict_keys: bool = False
+) -> DecodedBatch:
+    partitions, rejected = {}, []
+    for tp, records in batch.items():
+        decoded = decode_many([r.value for r in records], max_bytes, strict_keys=strict_keys)
+        partitions[tp] = (records, decoded)
+        rejected.extend(_rejected(records, decoded.invalid))
+    return DecodedBatch(partitions, rejected)
+
+
+def count(
+    decoded: DecodedBatch,
+    dedup: DedupWindow,
+    buckets: Buckets,
+    admit: Callable[[SeriesKey, int], SeriesKey],
+) -> BatchResult:
+    """Dedup and aggregate each partition's events (duplicates across partitions too)."""
+    out, newest = {}, None
+    for tp, (records, d) in decoded.partitions.items():
+        events = d.events
+        duplicates, remembered = dedup.admit([e.id for e in events])
+        if duplicates:
+            skip = set(duplicates)
+            events = [e for i, e in enumerate(events) if i not in skip]
+        when = newest_event_time(events)
+        if when is not None and (newest is None or when > newest):
+            newest = when
+        last = records[-1]
+        out[tp] = Counted(
+            totals=aggregate(events, buckets, admit),
+            remembered=remembered,
+            next_offset=last.offset + 1,
+            last_timestamp=last.timestamp / 1000.0,
+            counted=len(events),
+            duplicates=len(duplicates),
+            tombstones=d.tombstones,
+        )
+    return BatchResult(out, newest)
+
+
+def _rejected(records: Sequence[Record], invalid: list[tuple[int, Invalid]]) -> list[Rejected]:
+    out = []
+    for position, why in invalid:
+        r = records[position]
+        out.append(Rejected(r.topic, r.partition, r.offset, r.key, r.value, tuple(r.headers), why))
+    return out
