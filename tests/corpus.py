@@ -5,6 +5,11 @@ from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry
 
+from consumer.settings import (
+    DEFAULT_COST_BUCKETS,
+    DEFAULT_DURATION_BUCKETS,
+    DEFAULT_TOKENS_BUCKETS,
+)
 from consumer.synthetic import SessionFactory
 from schemas import CreateSessionResponseBody
 
@@ -43,3 +48,45 @@ def series_values(registry: CollectorRegistry) -> dict[str, dict[tuple[str, str]
             if "workspace_id" in s.labels and "le" not in s.labels:
                 out[s.name][(s.labels["workspace_id"], s.labels["project_id"])] = s.value
     return out
+
+
+SampleKey = tuple[str, str, str, str]
+"""(sample name, workspace_id, project_id, le or "")."""
+
+
+def _bounds(text: str) -> list[float]:
+    return [float(b) for b in text.split(",")]
+
+
+def expected_samples(events: list[CreateSessionResponseBody]) -> dict[SampleKey, float]:
+    """Every business sample the events must produce at the default buckets, computed one
+    event at a time without the project's aggregation code."""
+    out: dict[SampleKey, float] = defaultdict(float)
+    histograms = (
+        ("llm_session_duration_seconds", _bounds(DEFAULT_DURATION_BUCKETS)),
+        ("llm_session_tokens_per_session", _bounds(DEFAULT_TOKENS_BUCKETS)),
+        ("llm_session_cost_per_session", _bounds(DEFAULT_COST_BUCKETS)),
+    )
+    for e in events:
+        ws, proj = e.workspace_id, e.project_id or ""
+        counters = {
+            "llm_sessions_total": 1.0,
+            "llm_session_input_cost_total": e.billing.input_cost,
+            "llm_session_output_cost_total": e.billing.output_cost,
+            "llm_session_cost_total": e.billing.total_cost,
+            "llm_session_prompt_tokens_total": e.usage.prompt_tokens,
+            "llm_session_completion_tokens_total": e.usage.completion_tokens,
+            "llm_session_tokens_total": e.usage.total_tokens,
+            "llm_session_traces_total": e.traces_count,
+        }
+        for name, value in counters.items():
+            out[(name, ws, proj, "")] += value
+        observed = (e.duration / 1000, e.usage.total_tokens, e.billing.total_cost)
+        for (name, bounds), value in zip(histograms, observed, strict=True):
+            for bound in bounds:
+                if value <= bound:
+                    out[(f"{name}_bucket", ws, proj, repr(bound))] += 1
+            out[(f"{name}_bucket", ws, proj, "+Inf")] += 1
+            out[(f"{name}_count", ws, proj, "")] += 1
+            out[(f"{name}_sum", ws, proj, "")] += value
+    return dict(out)

@@ -44,6 +44,11 @@ CLI = [sys.executable, "-m", "consumer"]
 # Short group timeouts: on Tansu a worker restarted after a kill is admitted in ~7.5 s with
 # these (~2.5 s after a SIGTERM, which leaves the group), ~11.5 s with 6000/1000.
 FAST_GROUP = ("--session-timeout-ms", "3000", "--heartbeat-interval-ms", "1000")
+BATCH_COMMITS = ("--commit-after", "batch")
+"""For the tests that judge one process by its own counters (multiprocess files, offsets it
+committed): a process that commits after each batch has committed exactly what it counted.
+The default mode, exact in Prometheus's view, is measured through a real Prometheus in
+tests/test_exact_in_prometheus.py."""
 SeriesKey = tuple[str, str]
 _LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
 

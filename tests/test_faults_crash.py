@@ -25,6 +25,7 @@ from consumer.produce import produce
 from tests.conftest import TopicFactory
 from tests.corpus import corpus, expected_totals
 from tests.faults import (
+    BATCH_COMMITS,
     FAST_GROUP,
     Exact,
     Scrape,
@@ -94,7 +95,9 @@ async def test_kill_9_at_random_moments_loses_nothing_and_recounts_at_most_a_bat
     streaming = asyncio.create_task(stream.run())
     args = ("--bootstrap-servers", broker.bootstrap, "--topic", topic, "--group-id", group)
     crashes: list[Crash] = []
-    async with workers(tmp_path, *args, "--max-batch-records", str(MAX_BATCH), *FAST_GROUP) as ws:
+    async with workers(
+        tmp_path, *args, "--max-batch-records", str(MAX_BATCH), *FAST_GROUP, *BATCH_COMMITS
+    ) as ws:
         before = dict.fromkeys(range(PARTITIONS), 0)
         for n in range(ROUNDS):
             worker = await ws.start()
@@ -226,7 +229,7 @@ async def test_a_crash_with_its_commit_in_flight_recounts_exactly_that_one_batch
         args = ("--bootstrap-servers", bootstrap, "--topic", "sessions", "--group-id", "g")
         try:
             async with workers(
-                tmp_path, *args, "--max-batch-records", str(MAX_BATCH), *FAST_GROUP
+                tmp_path, *args, "--max-batch-records", str(MAX_BATCH), *FAST_GROUP, *BATCH_COMMITS
             ) as ws:
                 await produce(producer, "sessions", count=1000, rate=None, seed=52)
                 first = await ws.start()

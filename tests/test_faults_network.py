@@ -21,6 +21,7 @@ from consumer.produce import produce
 from consumer.worker import CLOSE_TIMEOUT
 from tests.corpus import corpus, expected_totals
 from tests.faults import (
+    BATCH_COMMITS,
     FAST_GROUP,
     Stream,
     Worker,
@@ -113,7 +114,7 @@ async def test_resets_and_stalls_crash_nothing_and_lose_nothing(tmp_path: Path) 
         args = ("--bootstrap-servers", bootstrap, "--topic", "sessions", "--group-id", "g")
         try:
             async with workers(
-                tmp_path, *args, "--drain-timeout", str(DRAIN_TIMEOUT), *FAST_GROUP
+                tmp_path, *args, "--drain-timeout", str(DRAIN_TIMEOUT), *FAST_GROUP, *BATCH_COMMITS
             ) as ws:
                 worker = await ws.start()
                 stream = Stream(producer, "sessions", events, rate=EVENTS / (CYCLES * 30.0))

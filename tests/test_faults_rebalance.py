@@ -17,6 +17,7 @@ from consumer.broker import EmbeddedBroker
 from tests.conftest import TopicFactory
 from tests.corpus import corpus, expected_totals
 from tests.faults import (
+    BATCH_COMMITS,
     FAST_GROUP,
     SeriesKey,
     Stream,
@@ -78,7 +79,9 @@ async def test_one_of_three_leaves_with_sigterm_and_the_group_counts_each_sessio
     events = corpus(seed=91, count=EVENTS)
     stream = Stream(producer, topic, events, rate=1500)
     args = ("--bootstrap-servers", broker.bootstrap, "--topic", topic, "--group-id", topic)
-    async with workers(tmp_path, *args, "--max-batch-records", str(MAX_BATCH), *FAST_GROUP) as ws:
+    async with workers(
+        tmp_path, *args, "--max-batch-records", str(MAX_BATCH), *FAST_GROUP, *BATCH_COMMITS
+    ) as ws:
         (leaver, *survivors), streaming = await three_workers_mid_stream(ws, stream)
         leaver.terminate()
         assert (await leaver.wait())[0] == 0
@@ -115,7 +118,9 @@ async def test_one_of_three_killed_the_others_take_over_and_nothing_is_lost(
     events = corpus(seed=92, count=EVENTS)
     stream = Stream(producer, topic, events, rate=1500)
     args = ("--bootstrap-servers", broker.bootstrap, "--topic", topic, "--group-id", topic)
-    async with workers(tmp_path, *args, "--max-batch-records", str(MAX_BATCH), *FAST_GROUP) as ws:
+    async with workers(
+        tmp_path, *args, "--max-batch-records", str(MAX_BATCH), *FAST_GROUP, *BATCH_COMMITS
+    ) as ws:
         (victim, *survivors), streaming = await three_workers_mid_stream(ws, stream)
         last_seen = victim.scrape_then_kill("session_consumer_messages_total", "llm_sessions_total")
         killed_at = time.monotonic()

@@ -19,6 +19,7 @@ from consumer.worker import CLOSE_TIMEOUT
 from tests.conftest import TopicFactory
 from tests.corpus import corpus, expected_totals
 from tests.faults import (
+    BATCH_COMMITS,
     FAST_GROUP,
     Stream,
     Worker,
@@ -54,14 +55,14 @@ async def test_sigterm_during_a_stream_exits_0_in_time_and_counts_each_session_o
         tmp_path, *args, "--drain-timeout", str(DRAIN_TIMEOUT), "--max-batch-records", "100"
     ) as ws:
         for _ in range(ROUNDS):
-            worker = await ws.start(*FAST_GROUP)
+            worker = await ws.start(*FAST_GROUP, *BATCH_COMMITS)
             await until(partial(counting, worker), 60, f"{worker.name} counts")
             await asyncio.sleep(random.uniform(0.0, 0.5))
             assert not streaming.done(), "the stream ended before this SIGTERM"
             stops.append(await stop(worker, offsets))
         stream.hurry.set()
         await streaming
-        worker = await ws.start(*FAST_GROUP)
+        worker = await ws.start(*FAST_GROUP, *BATCH_COMMITS)
         rest = EVENTS - sum(offsets.last.values())
         await until(partial(counting, worker, rest), 60, "the rest counted")
         stops.append(await stop(worker, offsets))
@@ -141,7 +142,14 @@ async def test_a_batch_cut_off_by_the_drain_timeout_is_not_committed_and_is_rede
         args = ("--bootstrap-servers", bootstrap, "--topic", "sessions", "--group-id", "g")
         try:
             async with workers(
-                tmp_path, *args, "--dlq-topic", "dlq", "--drain-timeout", str(drain), *FAST_GROUP
+                tmp_path,
+                *args,
+                "--dlq-topic",
+                "dlq",
+                "--drain-timeout",
+                str(drain),
+                *FAST_GROUP,
+                *BATCH_COMMITS,
             ) as ws:
                 await produce(producer, "sessions", count=1000, rate=None, seed=62)
                 first = await ws.start()
