@@ -200,8 +200,7 @@ async def test_rolling_restarts_leave_prometheus_totals_exact(
             await until(lambda: counting(fresh), 60, f"{fresh.name} counts")
             await asyncio.sleep(random.uniform(0.2, 1.5))
             current.terminate()
-            code, _ = await current.wait()
-            assert code == 0, current.tail()
+            assert (await current.wait())[0] == 0, current.tail()
             current = fresh
 
         await run_faults(stream, task, restarts, roll)
