@@ -35,6 +35,8 @@ async def demo(*, port: int, rate: float, duration: float | None) -> None:
             metrics_host="127.0.0.1",
             group_id="session-metrics-demo",
             drain_timeout="5",
+            # Offsets wait for a scrape of /metrics; a demo nobody scrapes still commits.
+            max_unscraped_seconds="10",
         )
         settings = run_settings(args, environ={})
         stop = asyncio.Event()
@@ -89,7 +91,9 @@ async def _supervise(
     while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), 1.0)
-        sessions, cost = worker.metrics.business.grand_total()
+        sessions, cost = map(
+            sum, zip(worker.metrics.business.grand_total(), worker.ledger.pending_total())
+        )
         now = time.monotonic()
         per_second = (sessions - last_count) / (now - last_time)
         last_count, last_time = sessions, now

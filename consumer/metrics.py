@@ -325,7 +325,6 @@ class ConsumerMetrics:
 
     def mark_processed(self) -> None:
         self.last_processed.set(time.time())
-        self.series.set(len(self.business))
 
 
 class _Registered(Collector):

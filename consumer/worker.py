@@ -88,7 +88,9 @@ class Worker:
 
     def fold(self) -> Fold:
         """A full scrape begins: publish every pending count (the HTTP server calls this)."""
-        return self.ledger.fold()
+        fold = self.ledger.fold()
+        self.metrics.series.set(len(self.metrics.business))
+        return fold
 
     def served(self, fold: Fold) -> None:
         """That scrape's response is written: its positions may be committed now."""
@@ -320,7 +322,10 @@ class Worker:
         self.metrics.batch_seconds.observe(time.perf_counter() - started)
         self.metrics.batch_records.observe(sum(map(len, batch.values())))
         if s.commit_after == "batch":
-            self.served(self.ledger.fold())
+            # Published and committed before the next fetch, as if scraped at once.
+            self.ledger.served(self.fold())
+            assert self._committer is not None
+            await self._committer.commit_served()
 
     async def _send_dead_letters(self, rejected: list[Rejected]) -> tuple[int, int]:
         if not rejected or self._dead_letter is None:
@@ -402,7 +407,7 @@ class Worker:
                 "no scrape served in time: committing unscraped records",
                 extra={"max_unscraped_seconds": limit, "records": pending},
             )
-            self.served(self.ledger.fold())
+            self.served(self.fold())
 
     async def _learn_positions(self, consumer: AIOKafkaConsumer) -> None:
         # A partition with nothing to read yet has no processed record; its
