@@ -91,9 +91,11 @@ async def _supervise(
     while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), 1.0)
-        sessions, cost = map(
-            sum, zip(worker.metrics.business.grand_total(), worker.ledger.pending_total())
+        (shown, shown_cost), (pending, pending_cost) = (
+            worker.metrics.business.grand_total(),
+            worker.ledger.pending_total(),
         )
+        sessions, cost = shown + pending, shown_cost + pending_cost
         now = time.monotonic()
         per_second = (sessions - last_count) / (now - last_time)
         last_count, last_time = sessions, now
