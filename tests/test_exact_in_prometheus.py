@@ -22,7 +22,7 @@ from aiokafka import AIOKafkaProducer
 from consumer.broker import EmbeddedBroker
 from tests.conftest import TopicFactory
 from tests.corpus import SampleKey, corpus, expected_samples
-from tests.faults import FAST_GROUP, Stream, Worker, Workers, report, until
+from tests.faults import FAST_GROUP, Stream, Worker, Workers, report, rounds, until
 from tests.promserver import FileTargets, file_sd_config, prometheus_server, query
 
 pytestmark = [pytest.mark.broker, pytest.mark.prometheus, pytest.mark.timeout(400)]
@@ -30,8 +30,9 @@ pytestmark = [pytest.mark.broker, pytest.mark.prometheus, pytest.mark.timeout(40
 SCRAPE_INTERVAL = 1.0
 PARTITIONS = 3
 RATE = 400.0
-EVENTS = 24_000
-"""At RATE, a minute of stream: room for every fault; what is left goes flat out."""
+FAULTS = rounds(ci=5, full=10)
+EVENTS = rounds(ci=24_000, full=48_000)
+"""At RATE, a minute (two) of stream: room for every fault; what is left goes flat out."""
 COUNTERS = (
     "llm_sessions_total",
     "llm_session_input_cost_total",
@@ -186,7 +187,7 @@ async def run_faults(
 async def test_rolling_restarts_leave_prometheus_totals_exact(
     broker: EmbeddedBroker, new_topic: TopicFactory, producer: AIOKafkaProducer, tmp_path: Path
 ) -> None:
-    restarts = 5
+    restarts = FAULTS
     events = EVENTS
     topic = await new_topic(partitions=PARTITIONS)
     async with lab(tmp_path, broker, topic) as world:
@@ -215,7 +216,7 @@ async def test_rolling_restarts_leave_prometheus_totals_exact(
 async def test_kill_9_loses_nothing_in_prometheus(
     broker: EmbeddedBroker, new_topic: TopicFactory, producer: AIOKafkaProducer, tmp_path: Path
 ) -> None:
-    kills = 5
+    kills = FAULTS
     events = EVENTS
     topic = await new_topic(partitions=PARTITIONS)
     async with lab(tmp_path, broker, topic) as world:
