@@ -137,6 +137,7 @@ class Worker:
     async def run(self) -> None:
         """Connect (retrying), consume until stop(), drain within the timeout, commit, close."""
         if not await self._start():
+            await self._close()  # stopped before Kafka answered: still log what it counted
             return
         assert self._consumer is not None
         loop_task = asyncio.create_task(self._consume(), name="consume")
