@@ -23,6 +23,7 @@ from consumer.settings import (
     kafka_settings,
     run_settings,
 )
+from consumer.terminal import own_foreground
 
 log = logging.getLogger("consumer")
 
@@ -125,5 +126,6 @@ def _demo(args: argparse.Namespace) -> int:
     from consumer.demo import demo  # noqa: PLC0415
 
     logs.configure("error")  # the demo sends malformed events on purpose
-    asyncio.run(demo(port=args.metrics_port, rate=args.rate, duration=args.duration or None))
+    with own_foreground():  # Ctrl-C to the demo only: `make demo` then exits 0, not 130
+        asyncio.run(demo(port=args.metrics_port, rate=args.rate, duration=args.duration or None))
     return 0

@@ -2,11 +2,17 @@
 
 import asyncio
 import os
+import pty
+import re
+import select
+import shutil
 import signal
 import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -17,6 +23,7 @@ from consumer.settings import DEMO_FLAGS, PRODUCE_FLAGS, Flag, all_options
 from tests.conftest import TopicFactory
 
 CLI = [sys.executable, "-m", "consumer"]
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -381,3 +388,57 @@ def test_produce_and_demo_help_show_every_default(command: str, flags: tuple[Fla
 
     for flag in flags:
         assert f"(default: {flag.default})" in lines[flag.flag]
+
+
+# --- `make demo` and Ctrl-C at a real terminal ----------------------------------------------------
+
+
+@pytest.mark.broker
+def test_ctrl_c_at_the_terminal_stops_make_demo_with_exit_0() -> None:
+    # A pseudo-terminal whose Ctrl-C signals its foreground group, as a user's does;
+    # `setsid --ctty` makes it make's controlling terminal. make must neither reinstall
+    # (-o the stamp) nor use another venv than this interpreter's.
+    setsid = shutil.which("setsid")
+    assert setsid, "setsid (util-linux) is needed to give make a terminal"
+    master, slave = pty.openpty()
+    port = free_port()
+    make = ["make", "--no-print-directory", "-o", ".venv/.installed", "demo"]
+    variables = [f"BIN={Path(sys.executable).parent}", f"ARGS=--metrics-port {port} --rate 500"]
+    proc = subprocess.Popen(
+        [setsid, "--ctty", *make, *variables],
+        cwd=ROOT,
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+    )
+    os.close(slave)
+    try:
+        seen = read_terminal(master, until=lambda text: counted(text) > 0, within=60)
+        os.write(master, b"\x03")
+        returncode = proc.wait(30)
+        seen += read_terminal(master, until=lambda _: False, within=1)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(master)
+    assert "stopped cleanly" in seen, seen[-2000:]
+    assert "Interrupt" not in seen
+    assert returncode == 0, seen[-2000:]
+
+
+def counted(text: str) -> int:
+    found = re.findall(r"(\d+) sessions", text)
+    return int(found[-1]) if found else 0
+
+
+def read_terminal(fd: int, until: Callable[[str], bool], within: float) -> str:
+    text, deadline = "", time.monotonic() + within
+    while not until(text) and time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], 0.2)
+        if ready:
+            try:
+                text += os.read(fd, 4096).decode(errors="replace")
+            except OSError:  # EIO: every process on the terminal has closed it
+                break
+    assert until(text) or within <= 1, f"no demo summary on the terminal:\n{text[-2000:]}"
+    return text
