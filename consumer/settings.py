@@ -412,7 +412,7 @@ def _flag_type(parse: Callable[[str], Any]) -> Callable[[str], Any]:
 
 
 def flags_table(flags: Sequence[Flag]) -> str:
-    """The README's Markdown table of `flags` (printed by `python -m consumer.settings`)."""
+    """docs/configuration.md's table of `flags` (printed by `python -m consumer.settings`)."""
     lines = ["| Flag | Default | Meaning |", "|---|---|---|"]
     lines += [f"| `{f.flag}` | `{f.default}` | {f.help} |" for f in flags]
     return "\n".join(lines)
@@ -605,7 +605,7 @@ def all_options() -> tuple[Option, ...]:
 
 
 def options_table(options: Sequence[Option]) -> str:
-    """The README's Markdown table of `options` (`python -m consumer.settings` prints them all)."""
+    """docs/configuration.md's table of `options` (`python -m consumer.settings` prints them)."""
     lines = ["| Flag | Environment variable | Default | Meaning |", "|---|---|---|---|"]
     for opt in options:
         flag = f"`{opt.flag}`" if opt.flag_allowed else "*(none: env or file only)*"

@@ -335,7 +335,7 @@ def test_unknown_flag_is_one_line_pointing_at_help_not_a_usage_dump() -> None:
     assert "usage:" not in result.stderr
 
 
-# --- --help answers what the README does ----------------------------------------------------------
+# --- --help answers what the docs do --------------------------------------------------------------
 
 
 def help_lines(*command: str) -> dict[str, str]:
