@@ -159,7 +159,7 @@ def runbook_base(directory: Path) -> str:
     kustomization = yaml.safe_load((directory / "kustomization.yaml").read_text())
     (generator,) = [g for g in kustomization["configMapGenerator"] if "runbooks" in g["name"]]
     (literal,) = generator["literals"]
-    key, _, value = literal.partition("=")
+    key, _, value = str(literal).partition("=")
     assert key == "base_url"
     assert value.endswith("/docs/operations.md")
     return value
