@@ -28,9 +28,13 @@ def own_foreground() -> Iterator[None]:
         return
     os.setpgid(0, 0)
     _set_foreground(fd, os.getpgrp())
+    # Ctrl-Z would stop this group only, while make waits on it and the shell on make:
+    # nobody would be left to resume it. Ignored here, it is ignored by the broker too.
+    suspend = signal.signal(signal.SIGTSTP, signal.SIG_IGN)
     try:
         yield
     finally:
+        signal.signal(signal.SIGTSTP, suspend)
         with contextlib.suppress(OSError):  # the old group may be gone (make was killed)
             _set_foreground(fd, previous)
 

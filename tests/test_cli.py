@@ -1,6 +1,7 @@
 """The command line as a user runs it: real processes, real signals, real broker."""
 
 import asyncio
+import contextlib
 import os
 import pty
 import re
@@ -414,16 +415,32 @@ def test_ctrl_c_at_the_terminal_stops_make_demo_with_exit_0() -> None:
     os.close(slave)
     try:
         seen = read_terminal(master, until=lambda text: counted(text) > 0, within=60)
+        # Ctrl-Z must not leave a stopped demo that nobody can resume: it keeps counting.
+        os.write(master, b"\x1a")
+        before = counted(seen)
+        seen += read_terminal(master, until=lambda text: counted(text) > before, within=10)
         os.write(master, b"\x03")
         returncode = proc.wait(30)
         seen += read_terminal(master, until=lambda _: False, within=1)
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        if proc.poll() is None:  # a failed run: nothing it started may outlive the test
+            for pid in [*descendants(proc.pid), proc.pid]:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            proc.wait(10)
         os.close(master)
     assert "stopped cleanly" in seen, seen[-2000:]
     assert "Interrupt" not in seen
     assert returncode == 0, seen[-2000:]
+
+
+def descendants(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        with contextlib.suppress(OSError):
+            for child in map(int, (task / "children").read_text().split()):
+                found += [child, *descendants(child)]
+    return found
 
 
 def counted(text: str) -> int:
