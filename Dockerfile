@@ -1,5 +1,5 @@
 # session-metrics: consumes "session created" events from Kafka, serves /metrics on 8000.
-# Configure it with SESSION_METRICS_* environment variables (README, "Configuration").
+# Configure it with SESSION_METRICS_* environment variables (docs/configuration.md).
 # tests/test_deploy_image.py lints this file and replays the build stage's commands.
 
 FROM python:3.11-slim-bookworm AS build

@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench lint install-prometheus install-stunnel clean
+.PHONY: demo test bench lint install-prometheus install-stunnel install-kustomize clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,12 +38,22 @@ install-stunnel:
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq stunnel4 >/dev/null; }
 
+# The deploy tests render deploy/ with `kubectl kustomize` or `kustomize build`. With
+# neither on PATH, kustomize is built from the Go module proxy into the venv (Go >= 1.22),
+# the version kubectl 1.32 embeds.
+KUSTOMIZE_VERSION := v5.5.0
+install-kustomize: $(STAMP)
+	@command -v kubectl >/dev/null || command -v kustomize >/dev/null || [ -x $(BIN)/kustomize ] || { \
+	  command -v go >/dev/null || { echo "make: the deploy tests need kubectl, or kustomize $(KUSTOMIZE_VERSION), or Go to build it: install one of them" >&2; exit 1; }; \
+	  echo "make: building kustomize $(KUSTOMIZE_VERSION) into $(BIN) (the deploy tests need it)"; \
+	  GOBIN=$(abspath $(BIN)) go install sigs.k8s.io/kustomize/kustomize/v5@$(KUSTOMIZE_VERSION); }
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: $(STAMP) install-prometheus install-stunnel lint
+test: $(STAMP) install-prometheus install-stunnel install-kustomize lint
 	$(BIN)/pytest $(ARGS)
 
 clean:

@@ -5,6 +5,9 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from bench.report import Results
 
+# `make bench`'s defaults, which the Reproduce section quotes.
+EVENTS, ROUNDS, SERIES = 500_000, 3, 10_000
+
 
 def render(r: "Results", table: list[str], verdicts: list[str]) -> str:
     to_ceiling, to_naive = r.ratios()
@@ -39,9 +42,14 @@ Each is timed from outside, through its own `/metrics` polled every 0.1 s for
 its record counter: from the first observation above zero to the last one short
 of the total, so start-up, group join and the tail are excluded.
 
-![events per second](bench/results/throughput.png)
+![events per second](docs/bench/throughput.png)
 
 {chr(10).join(table)}
+
+`project x2` is two `session-metrics run` processes in one group, and its
+x ceiling compares them with the ceiling of **one** process: not like with like
+(two ceiling processes would read faster too). It shows the group splitting the
+work, nothing more.
 
 {chr(10).join(verdicts)}
 
@@ -125,12 +133,16 @@ What made the difference, measured as we went:
 ## Reproduce
 
 ```sh
-make bench                       # 500k events, 2 rounds, 10k-series scrape (~5 min)
+make bench                       # {EVENTS // 1000}k events, {ROUNDS} rounds, {SERIES:,} series
 make bench ARGS="--rounds 4"     # more rounds; --events, --series as well
+make bench ARGS="--write-page"   # the same, and publish it: rewrite this page
 ```
 
-It writes this file, `bench/results/latest.json` (every number above, per
-round) and `bench/results/throughput.png`. Numbers move by ±10% between runs on
-a shared machine; compare contenders within one run, not across runs.
+Every run writes `bench/results/latest.json` (every number, per round) and
+`bench/results/throughput.png`, which git ignores, so a plain `make bench` leaves
+the clone clean. Only `--write-page` rewrites this file and the
+[JSON](docs/bench/latest.json) and chart it shows, in `docs/bench/`
+(`--report-only` re-renders the page from that JSON). Numbers move by ±10%
+between runs on a shared machine; compare contenders within one run, not across runs.
 Project/ceiling in this run: {to_ceiling:.2f}.
 """

@@ -10,6 +10,9 @@ from pathlib import Path
 from bench import narrative
 
 ROOT = Path(__file__).resolve().parent.parent
+PAGE = ROOT / "BENCHMARKS.md"
+PAGE_DATA = ROOT / "docs" / "bench"
+"""The chart and the JSON that BENCHMARKS.md shows: tracked, so the page renders from a clone."""
 TARGETS = {"ceiling_ratio": 0.65, "aim_ceiling_ratio": 0.80, "naive_ratio": 5.0}
 RSS_LIMIT_MB, SCRAPE_LIMIT_MS = 150.0, 100.0
 
@@ -106,7 +109,8 @@ def chart(r: Results, path: Path) -> None:
     names = list(r.contenders)
     rates = [r.contenders[n]["events_per_second"] / 1000 for n in names]
     fig, ax = plt.subplots(figsize=(7, 3.2), dpi=120)
-    bars = ax.barh(names[::-1], rates[::-1], color=["#888", "#2a7", "#c44", "#777"][: len(names)])
+    labels = [_label(n) for n in names]
+    bars = ax.barh(labels[::-1], rates[::-1], color=["#888", "#2a7", "#c44", "#777"][: len(names)])
     ax.bar_label(bars, labels=[f"{v:,.0f}k/s" for v in rates[::-1]], padding=3)
     ax.set_xlabel(f"events/s (thousands), median of {r.rounds} rounds, {r.events:,} events")
     ax.set_xlim(0, max(rates) * 1.25)
@@ -116,10 +120,27 @@ def chart(r: Results, path: Path) -> None:
     plt.close(fig)
 
 
-def write(r: Results, results_dir: Path) -> None:
+def _label(name: str) -> str:
+    """`project x2` is several processes: say so where it stands next to one-process bars."""
+    _, _, count = name.partition(" x")
+    return f"{name}\n({count} processes)" if count else name
+
+
+def write(r: Results, results_dir: Path, *, page: bool) -> None:
+    """The run's JSON and chart into `results_dir`; with `page`, into BENCHMARKS.md too."""
     lines = table(r)
     print("\n" + "\n".join(lines) + "\n\n" + "\n".join(verdicts(r)), flush=True)
-    (results_dir / "latest.json").write_text(json.dumps(asdict(r), indent=2) + "\n")
-    chart(r, results_dir / "throughput.png")
-    (ROOT / "BENCHMARKS.md").write_text(narrative.render(r, table(r), verdicts(r)))
-    print(f"\nwrote {results_dir / 'latest.json'}, {results_dir / 'throughput.png'}, BENCHMARKS.md")
+    written = save(r, results_dir)
+    if page:
+        written += save(r, PAGE_DATA)
+        PAGE.write_text(narrative.render(r, table(r), verdicts(r)))
+        written.append(PAGE)
+    print("\nwrote " + ", ".join(str(p) for p in written), flush=True)
+
+
+def save(r: Results, directory: Path) -> list[Path]:
+    directory.mkdir(parents=True, exist_ok=True)
+    data, picture = directory / "latest.json", directory / "throughput.png"
+    data.write_text(json.dumps(asdict(r), indent=2) + "\n")
+    chart(r, picture)
+    return [data, picture]

@@ -14,11 +14,13 @@ import time
 from pathlib import Path
 
 from bench import corpus, profile, report, scrape
+from bench.narrative import EVENTS, ROUNDS, SERIES
 from bench.observe import MESSAGES, Contender, Process, Timed, project, python, timed_run
 from consumer.broker import EmbeddedBroker, create_topics, free_port
 
 TOPIC, PARTITIONS = "bench-sessions", 6
 RESULTS = Path(__file__).resolve().parent / "results"
+"""Every run's raw output (git-ignored); --write-page also publishes it (report.PAGE_DATA)."""
 
 
 def contenders(bootstrap: str) -> dict[str, Contender]:
@@ -93,21 +95,31 @@ async def bench(args: argparse.Namespace) -> None:
         profile=profiled,
         machine=report.machine(),
     )
-    report.write(results, RESULTS)
+    # Only on request: a plain run must leave the clone clean (bench/results/ is ignored).
+    report.write(results, RESULTS, page=args.write_page)
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("--events", type=int, default=500_000, help="events in the corpus")
-    parser.add_argument("--rounds", type=int, default=2, help="rounds, in alternating order")
-    parser.add_argument("--series", type=int, default=10_000, help="series for the scrape test")
+    parser.add_argument("--events", type=int, default=EVENTS, help="events in the corpus")
+    parser.add_argument("--rounds", type=int, default=ROUNDS, help="rounds, in alternating order")
+    parser.add_argument("--series", type=int, default=SERIES, help="series for the scrape test")
+    parser.add_argument(
+        "--write-page",
+        action="store_true",
+        help="also publish the run: rewrite BENCHMARKS.md and its data in docs/bench/",
+    )
     parser.add_argument(
         "--report-only",
         action="store_true",
-        help="rewrite BENCHMARKS.md and the chart from results/latest.json, run nothing",
+        help="rewrite BENCHMARKS.md and its chart from docs/bench/latest.json, run nothing",
     )
-    args = parser.parse_args()
+    return parser.parse_args(argv)
+
+
+def main() -> None:
+    args = parse_args()
     if args.report_only:
-        report.write(report.load(RESULTS / "latest.json"), RESULTS)
+        report.write(report.load(report.PAGE_DATA / "latest.json"), RESULTS, page=True)
         return
     asyncio.run(bench(args))

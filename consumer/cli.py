@@ -3,29 +3,41 @@
 import argparse
 import asyncio
 import logging
-import math
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from consumer import __version__, logs
 from consumer.settings import (
+    DEMO_FLAGS,
     HTTP_OPTIONS,
     KAFKA_OPTIONS,
+    PRODUCE_FLAGS,
     RUN_OPTIONS,
     ConfigError,
     add_arguments,
+    add_flags,
     kafka_settings,
     run_settings,
 )
+from consumer.terminal import own_foreground
 
 log = logging.getLogger("consumer")
 
 
+class Parser(argparse.ArgumentParser):
+    """Usage errors as the one line configuration errors are (argparse prints its usage too)."""
+
+    def error(self, message: str) -> NoReturn:
+        message = message.removeprefix("argument ")
+        self.exit(2, f"session-metrics: configuration error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="session-metrics",
         description="Turn session-created events from Kafka into Prometheus metrics.",
     )
@@ -36,22 +48,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_arguments(run, (*KAFKA_OPTIONS, *RUN_OPTIONS, *HTTP_OPTIONS))
 
     produce = commands.add_parser("produce", help="send synthetic events to a topic")
-    add_arguments(produce, KAFKA_OPTIONS)
-    produce.add_argument("--topic", required=True, help="topic to produce to")
-    produce.add_argument("--count", type=int, default=10000, help="events to send, 0 = forever")
-    produce.add_argument("--rate", type=float, default=0, help="events per second, 0 = flat out")
-    produce.add_argument("--seed", type=int, default=0, help="random seed (same seed, same events)")
-    produce.add_argument(
-        "--invalid-ratio", type=float, default=0.0, help="share of extra malformed messages"
-    )
-    produce.add_argument(
-        "--duplicate-ratio", type=float, default=0.0, help="share of events sent twice"
-    )
+    required = add_arguments(produce, KAFKA_OPTIONS)
+    required.add_argument("--topic", required=True, help="topic to produce to (flag only)")
+    add_flags(produce, PRODUCE_FLAGS)
 
     demo = commands.add_parser("demo", help="embedded broker + synthetic events + consumer")
-    demo.add_argument("--metrics-port", type=int, default=8000, help="port of /metrics")
-    demo.add_argument("--rate", type=float, default=2000, help="synthetic events per second")
-    demo.add_argument("--duration", type=float, default=0, help="seconds to run, 0 = until Ctrl-C")
+    add_flags(demo, DEMO_FLAGS)
     return parser
 
 
@@ -88,7 +90,6 @@ def _produce(args: argparse.Namespace) -> int:
     from consumer.security import client_kwargs, raise_if_refused  # noqa: PLC0415
 
     kafka = kafka_settings(args)
-    _check_produce_args(args)
     logs.configure("info")
 
     async def go() -> None:
@@ -121,28 +122,10 @@ def _produce(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_produce_args(args: argparse.Namespace) -> None:
-    if args.count < 0:
-        raise ConfigError("--count: must not be negative")
-    if not (math.isfinite(args.rate) and args.rate >= 0):
-        raise ConfigError("--rate: must be a finite number >= 0")
-    for flag, value in (
-        ("--invalid-ratio", args.invalid_ratio),
-        ("--duplicate-ratio", args.duplicate_ratio),
-    ):
-        if not 0 <= value <= 1:
-            raise ConfigError(f"{flag}: must be between 0 and 1")
-
-
 def _demo(args: argparse.Namespace) -> int:
     from consumer.demo import demo  # noqa: PLC0415
 
-    if not 0 <= args.metrics_port <= 65535:
-        raise ConfigError("--metrics-port: must be an integer in 0..65535")
-    if not (math.isfinite(args.rate) and args.rate > 0):
-        raise ConfigError("--rate: must be a positive number")
-    if not (math.isfinite(args.duration) and args.duration >= 0):
-        raise ConfigError("--duration: must be a number >= 0")
     logs.configure("error")  # the demo sends malformed events on purpose
-    asyncio.run(demo(port=args.metrics_port, rate=args.rate, duration=args.duration or None))
+    with own_foreground():  # Ctrl-C to the demo only: `make demo` then exits 0, not 130
+        asyncio.run(demo(port=args.metrics_port, rate=args.rate, duration=args.duration or None))
     return 0

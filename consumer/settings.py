@@ -35,38 +35,68 @@ class ConfigError(Exception):
 
 
 def _int_range(low: int, high: int | None = None) -> Callable[[str], int]:
+    reason = f"must be an integer in {low}..{'' if high is None else high}"
+
     def parse(raw: str) -> int:
-        value = int(raw)
+        try:
+            value = int(raw)
+        except ValueError:  # int()'s own message names neither the flag nor the range
+            raise ValueError(reason) from None
         if value < low or (high is not None and value > high):
-            upper = "" if high is None else f"..{high}"
-            raise ValueError(f"must be an integer in {low}{upper or '..'}")
+            raise ValueError(reason)
         return value
 
     return parse
 
 
-def _positive_float(raw: str) -> float:
-    value = float(raw)
-    if not (math.isfinite(value) and value > 0):
-        raise ValueError("must be a positive number")
-    return value
+def _float_at_least(low: float, *, strict: bool) -> Callable[[str], float]:
+    reason = f"must be a finite number {'>' if strict else '>='} {low:g}"
 
-
-def _non_negative_float(raw: str) -> float:
-    value = float(raw)
-    if not (math.isfinite(value) and value >= 0):
-        raise ValueError("must be a number >= 0")
-    return value
-
-
-def _choice(*allowed: str) -> Callable[[str], str]:
-    def parse(raw: str) -> str:
-        value = raw.strip().upper() if allowed[0].isupper() else raw.strip().lower()
-        if value not in allowed:
-            raise ValueError(f"must be one of {', '.join(allowed)}")
+    def parse(raw: str) -> float:
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ValueError(reason) from None
+        if not math.isfinite(value) or value < low or (strict and value == low):
+            raise ValueError(reason)
         return value
 
     return parse
+
+
+_positive_float = _float_at_least(0, strict=True)
+_non_negative_float = _float_at_least(0, strict=False)
+
+
+def _integer(raw: str) -> int:
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError("must be an integer") from None
+
+
+def _ratio(raw: str) -> float:
+    value = _float_at_least(0, strict=False)(raw)
+    if value > 1:
+        raise ValueError("must be a number in 0..1")
+    return value
+
+
+@dataclass(frozen=True)
+class Choice:
+    """A parser that knows its allowed values, so `--help` and the errors can list them."""
+
+    allowed: tuple[str, ...]
+
+    def __call__(self, raw: str) -> str:
+        value = raw.strip().upper() if self.allowed[0].isupper() else raw.strip().lower()
+        if value not in self.allowed:
+            raise ValueError(f"must be one of {', '.join(self.allowed)}")
+        return value
+
+
+def _choice(*allowed: str) -> Choice:
+    return Choice(allowed)
 
 
 def _text(raw: str) -> str:
@@ -97,7 +127,10 @@ def _check_topic_name(name: str) -> str:
 
 
 def _buckets(raw: str) -> tuple[float, ...]:
-    bounds = tuple(float(b) for b in raw.split(",") if b.strip())
+    try:
+        bounds = tuple(float(b) for b in raw.split(",") if b.strip())
+    except ValueError:
+        raise ValueError("must be comma-separated numbers") from None
     if not bounds:
         raise ValueError("must list at least one bucket bound")
     if not all(math.isfinite(b) for b in bounds):
@@ -146,6 +179,15 @@ class Option:
     @property
     def env(self) -> str:
         return ENV_PREFIX + self.name.upper()
+
+    @property
+    def choices(self) -> tuple[str, ...]:
+        """The allowed values of a choice setting, () for any other."""
+        return self.parse.allowed if isinstance(self.parse, Choice) else ()
+
+    @property
+    def required(self) -> bool:
+        return self.name in REQUIRED
 
 
 KAFKA_OPTIONS: tuple[Option, ...] = (
@@ -306,17 +348,91 @@ class Settings:
     http: HttpSettings = field(default_factory=HttpSettings)
 
 
-def add_arguments(parser: argparse.ArgumentParser, options: Sequence[Option]) -> None:
-    """Add flags for `options`; values stay strings so flags and env share one parser."""
+def add_arguments(
+    parser: argparse.ArgumentParser, options: Sequence[Option]
+) -> "argparse._ArgumentGroup":
+    """Add flags for `options`; values stay strings so flags and env share one parser.
+
+    Required settings get their own group, which is returned so a command can add its
+    own: argparse's `required=True` would refuse a value that comes from the environment."""
+    required = parser.add_argument_group("required options")
     for opt in options:
         if opt.flag_allowed:
-            default = f" (default: {opt.default})" if opt.default is not None else ""
-            parser.add_argument(
-                opt.flag,
-                dest=opt.name,
-                metavar=opt.name.upper(),
-                help=f"{opt.help}{default} [env {opt.env}]",
+            (required if opt.required else parser).add_argument(
+                opt.flag, dest=opt.name, metavar=opt.name.upper(), help=option_help(opt)
             )
+    return required
+
+
+def option_help(opt: Option) -> str:
+    """`--help`'s line for `opt`: what it is, allowed values, default, environment twin."""
+    allowed = f"; one of {', '.join(opt.choices)}" if opt.choices else ""
+    if opt.required:
+        default = " (required)"
+    else:
+        default = "" if opt.default is None else f" (default: {opt.default})"
+    return f"{opt.help}{allowed}{default} [env {opt.env}]".replace("%", "%%")
+
+
+@dataclass(frozen=True)
+class Flag:
+    """A flag of `produce` or `demo`: no environment twin, so argparse parses it, with
+    the same value parsers (and reasons) as the options above."""
+
+    name: str
+    parse: Callable[[str], Any]
+    default: str
+    help: str
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+
+PRODUCE_FLAGS: tuple[Flag, ...] = (
+    Flag("count", _int_range(0), "10000", "events to send, 0 = forever"),
+    Flag(
+        "rate", _float_at_least(0, strict=False), "0", "events per second, 0 = as fast as possible"
+    ),
+    Flag("seed", _integer, "0", "random seed: the same seed gives the same events"),
+    Flag("invalid_ratio", _ratio, "0", "share of extra malformed messages"),
+    Flag("duplicate_ratio", _ratio, "0", "share of events sent twice"),
+)
+
+DEMO_FLAGS: tuple[Flag, ...] = (
+    Flag("metrics_port", _int_range(0, 65535), "8000", "port of /metrics (binds 127.0.0.1)"),
+    Flag("rate", _positive_float, "2000", "synthetic events per second"),
+    Flag("duration", _float_at_least(0, strict=False), "0", "seconds to run, 0 = until Ctrl-C"),
+)
+
+
+def add_flags(parser: argparse.ArgumentParser, flags: Sequence[Flag]) -> None:
+    for f in flags:
+        parser.add_argument(
+            f.flag,
+            dest=f.name,
+            metavar=f.name.upper(),
+            type=_flag_type(f.parse),
+            default=f.parse(f.default),
+            help=f"{f.help} (default: {f.default})".replace("%", "%%"),
+        )
+
+
+def _flag_type(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    def convert(raw: str) -> Any:
+        try:
+            return parse(raw)
+        except ValueError as exc:  # argparse shows an ArgumentTypeError's own text
+            raise argparse.ArgumentTypeError(f"{exc} (got {raw!r})") from None
+
+    return convert
+
+
+def flags_table(flags: Sequence[Flag]) -> str:
+    """docs/configuration.md's table of `flags` (printed by `python -m consumer.settings`)."""
+    lines = ["| Flag | Default | Meaning |", "|---|---|---|"]
+    lines += [f"| `{f.flag}` | `{f.default}` | {f.help} |" for f in flags]
+    return "\n".join(lines)
 
 
 def resolve(
@@ -506,7 +622,7 @@ def all_options() -> tuple[Option, ...]:
 
 
 def options_table(options: Sequence[Option]) -> str:
-    """The README's Markdown table of `options` (`python -m consumer.settings` prints them all)."""
+    """docs/configuration.md's table of `options` (`python -m consumer.settings` prints them)."""
     lines = ["| Flag | Environment variable | Default | Meaning |", "|---|---|---|---|"]
     for opt in options:
         flag = f"`{opt.flag}`" if opt.flag_allowed else "*(none: env or file only)*"
@@ -521,3 +637,5 @@ def options_table(options: Sequence[Option]) -> str:
 if __name__ == "__main__":
     for group in (KAFKA_OPTIONS, RUN_OPTIONS, HTTP_OPTIONS):
         print(options_table(group), end="\n\n")
+    for flags in (PRODUCE_FLAGS, DEMO_FLAGS):
+        print(flags_table(flags), end="\n\n")

@@ -142,6 +142,7 @@ class Worker:
         and the partitions' next owners count it again.
         """
         if not await self._start():
+            await self._close()  # stopped before Kafka answered: still log what it counted
             return
         assert self._committer is not None
         tasks = [

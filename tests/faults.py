@@ -9,7 +9,7 @@ commits that succeeded. The business series come from a custom collector and are
 those files; a scrape just before the kill gives them as lower bounds.
 
 Rounds: CI runs few rounds of each repeated fault; SESSION_METRICS_FULL_FAULTS=1 runs the
-full count (the figures in the README's Guarantees section).
+full count (the figures in docs/guarantees.md).
 """
 
 import asyncio
@@ -38,7 +38,7 @@ from schemas import CreateSessionResponseBody
 from tests.tcp_proxy import TcpProxy
 
 FULL = os.environ.get("SESSION_METRICS_FULL_FAULTS", "") == "1"
-"""The full run: every repeated fault as many times as the issue asks."""
+"""The full run: every repeated fault as often as docs/guarantees.md reports it."""
 
 CLI = [sys.executable, "-m", "consumer"]
 # Short group timeouts: on Tansu a worker restarted after a kill is admitted in ~7.5 s with
@@ -58,7 +58,7 @@ def rounds(ci: int, full: int) -> int:
 
 
 def report(test: str, **figures: Any) -> None:
-    """One JSON line of measured figures; `pytest -s` shows them (the README quotes them)."""
+    """One JSON line of measured figures; `pytest -s` shows them (docs/guarantees.md has them)."""
     print(json.dumps({"figures": test, "full": FULL, **figures}, default=str), flush=True)
 
 

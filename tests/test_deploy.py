@@ -1,17 +1,15 @@
 """The Kubernetes kit in deploy/: it renders, validates offline and agrees with the service.
 
-Every kustomization is rendered with `kubectl kustomize`; built-in objects are checked
-against the Kubernetes schemas that kubernetes-validate bundles, custom resources against
-small schemas of their required fields, and the settings the pods would run with are
-parsed by the service's own settings code.
+Every kustomization is rendered with `kubectl kustomize` or `kustomize build`; built-in
+objects are checked against the Kubernetes schemas that kubernetes-validate bundles, custom
+resources against small schemas of their required fields, and the settings the pods would
+run with are parsed by the service's own settings code.
 """
 
 import argparse
 import json
 import os
 import re
-import shutil
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +23,7 @@ from prometheus_client import CollectorRegistry
 from consumer import __version__
 from consumer.http import Probes, make_app
 from consumer.settings import ConfigError, Settings, all_options, run_settings
+from tests.kustomize import render
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -155,18 +154,7 @@ CUSTOM_SCHEMAS: dict[str, dict[str, Any]] = {
 
 
 def kustomize(directory: Path) -> list[Object]:
-    kubectl = shutil.which("kubectl")
-    assert kubectl, "kubectl not on PATH: the kit's checks need `kubectl kustomize`"
-    done = subprocess.run(
-        [kubectl, "kustomize", str(directory)],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == 0, done.stderr
-    assert done.stderr == "", "kustomize warns"  # e.g. a deprecated field: fix it now
-    return [doc for doc in yaml.safe_load_all(done.stdout) if doc]
+    return render(directory)
 
 
 @pytest.fixture(scope="module")

@@ -18,6 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from consumer.broker import EmbeddedBroker
 from consumer.produce import produce
 from tests.conftest import TopicFactory, WorkerFactory, eventually, settings_for
+from tests.kustomize import render
 
 ROOT = Path(__file__).resolve().parent.parent
 MONITORING = ROOT / "deploy" / "monitoring"
@@ -138,9 +139,9 @@ def test_alerts_cover_what_an_operator_must_hear_about() -> None:
     }
 
 
-def test_every_alert_has_a_summary_a_description_and_a_runbook_in_the_readme() -> None:
-    readme = (ROOT / "README.md").read_text()
-    headings = re.findall(r"^#{2,6} (.+)$", readme, re.MULTILINE)
+def test_every_alert_has_a_summary_a_description_and_a_runbook_in_the_operations_guide() -> None:
+    guide = (ROOT / "docs" / "operations.md").read_text()
+    headings = re.findall(r"^#{2,6} (.+)$", guide, re.MULTILINE)
     anchors = {github_anchor(h) for h in headings}
     for rule in alerts():
         notes = rule["annotations"]
@@ -148,9 +149,40 @@ def test_every_alert_has_a_summary_a_description_and_a_runbook_in_the_readme() -
         assert notes["description"].strip()
         assert rule["labels"]["severity"] in {"warning", "critical"}
         url, _, anchor = notes["runbook_url"].partition("#")
-        assert url.endswith("/README.md")
+        assert url == runbook_base(MONITORING)
         assert anchor == github_anchor(rule["alert"])
-        assert anchor in anchors, f"README has no runbook heading for {rule['alert']}"
+        assert anchor in anchors, f"docs/operations.md has no runbook heading for {rule['alert']}"
+
+
+def runbook_base(directory: Path) -> str:
+    """The one place the runbooks' location is set: a literal in the kustomization."""
+    kustomization = yaml.safe_load((directory / "kustomization.yaml").read_text())
+    (generator,) = [g for g in kustomization["configMapGenerator"] if "runbooks" in g["name"]]
+    (literal,) = generator["literals"]
+    key, _, value = str(literal).partition("=")
+    assert key == "base_url"
+    assert value.endswith("/docs/operations.md")
+    return value
+
+
+def test_the_runbook_base_url_is_set_in_one_place_for_every_alert(tmp_path: Path) -> None:
+    copy = tmp_path / "monitoring"
+    shutil.copytree(MONITORING, copy)
+    default = runbook_base(MONITORING)
+    elsewhere = "https://wiki.example.org/session-metrics/operations.html"
+    kustomization = copy / "kustomization.yaml"
+    kustomization.write_text(kustomization.read_text().replace(default, elsewhere))
+
+    for directory, base in ((MONITORING, default), (copy, elsewhere)):
+        objects = render(directory)
+        (rule,) = [o for o in objects if o["kind"] == "PrometheusRule"]
+        urls = [r["annotations"]["runbook_url"] for g in rule["spec"]["groups"] for r in g["rules"]]
+        names = [r["alert"] for g in rule["spec"]["groups"] for r in g["rules"]]
+        assert urls == [f"{base}#{github_anchor(name)}" for name in names]
+        # The setting is an input of the build, never an object applied to the cluster.
+        assert [o["metadata"]["name"] for o in objects if o["kind"] == "ConfigMap"] == [
+            "session-metrics-dashboard"
+        ]
 
 
 # Each alert against series that should fire it, and against healthy series that should

@@ -1,8 +1,11 @@
 """consumer/logs.py: one JSON object per log line; a rate limit for floods."""
 
+import asyncio
 import io
 import json
 import logging
+import signal
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from consumer.broker import free_port
 from consumer.logs import JsonFormatter, RateLimit
 
 
@@ -121,3 +125,30 @@ def test_take_suppressed_returns_the_count_and_resets_it() -> None:
     assert limit.take_suppressed() == 3
     assert limit.take_suppressed() == 0
     assert limit.suppressed == 0
+
+
+async def test_a_worker_stopped_before_it_reached_kafka_still_logs_consumer_stopped() -> None:
+    # Nothing listens on a fresh free port: the worker keeps retrying its first connection.
+    proc = await asyncio.create_subprocess_exec(
+        *(sys.executable, "-m", "consumer", "run", "--topic", "sessions"),
+        *("--bootstrap-servers", f"127.0.0.1:{free_port()}"),
+        *("--metrics-host", "127.0.0.1", "--metrics-port", str(free_port())),
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert proc.stderr is not None
+        async with asyncio.timeout(30):
+            while b"cannot reach Kafka, retrying" not in await proc.stderr.readline():
+                pass
+        proc.send_signal(signal.SIGTERM)
+        _, rest = await asyncio.wait_for(proc.communicate(), 20)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+
+    assert proc.returncode == 0
+    lines = rest.decode().splitlines()
+    assert lines, "nothing logged after SIGTERM"
+    last = json.loads(lines[-1])
+    assert last["msg"] == "consumer stopped"
+    assert last["counted"] == 0

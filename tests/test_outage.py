@@ -23,7 +23,7 @@ OUTAGE = 20.0
 READY_AFTER = 15.0
 FRESH = 500
 """Fewer than the worker had read before: the restarted broker's offsets start again at 0,
-and a fetch position still inside the new log would skip its head (see the README)."""
+and a fetch position still inside the new log would skip its head (see docs/guarantees.md)."""
 
 
 @pytest.fixture

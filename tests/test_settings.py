@@ -14,14 +14,18 @@ from consumer.http import Credentials
 from consumer.security import client_kwargs, metrics_credentials, metrics_tls_context
 from consumer.settings import (
     DEFAULT_COST_BUCKETS,
+    DEMO_FLAGS,
     HTTP_OPTIONS,
     KAFKA_OPTIONS,
+    PRODUCE_FLAGS,
     RUN_OPTIONS,
     ConfigError,
+    Flag,
     HttpSettings,
     Option,
     Settings,
     all_options,
+    flags_table,
     options_table,
     run_settings,
 )
@@ -670,14 +674,21 @@ def test_bad_metrics_endpoint_settings_fail_with_one_line(
     assert METRICS_PASSWORD not in message
 
 
-# --- the README's option tables -----------------------------------------------------------------
+# --- the option tables of docs/configuration.md -------------------------------------------------
+
+CONFIGURATION = Path(__file__).parent.parent / "docs" / "configuration.md"
 
 
 @pytest.mark.parametrize(
     "options", [KAFKA_OPTIONS, RUN_OPTIONS, HTTP_OPTIONS], ids=["kafka", "run", "http"]
 )
-def test_readme_lists_every_option_as_the_settings_define_it(options: tuple[Option, ...]) -> None:
+def test_configuration_guide_lists_every_option_as_the_settings_define_it(
+    options: tuple[Option, ...],
+) -> None:
     # Regenerate with `python -m consumer.settings` after changing an option.
-    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    assert options_table(options) in CONFIGURATION.read_text(encoding="utf-8")
 
-    assert options_table(options) in readme
+
+@pytest.mark.parametrize("flags", [PRODUCE_FLAGS, DEMO_FLAGS], ids=["produce", "demo"])
+def test_configuration_guide_lists_every_produce_and_demo_flag(flags: tuple[Flag, ...]) -> None:
+    assert flags_table(flags) in CONFIGURATION.read_text(encoding="utf-8")
