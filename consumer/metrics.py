@@ -326,6 +326,9 @@ class ConsumerMetrics:
     def mark_processed(self) -> None:
         self.last_processed.set(time.time())
 
+    def mark_published(self) -> None:
+        self.series.set(len(self.business))
+
 
 class _Registered(Collector):
     """Another registry's metrics as one collector, so two registries can share them."""

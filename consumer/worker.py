@@ -89,7 +89,7 @@ class Worker:
     def fold(self) -> Fold:
         """A full scrape begins: publish every pending count (the HTTP server calls this)."""
         fold = self.ledger.fold()
-        self.metrics.series.set(len(self.metrics.business))
+        self.metrics.mark_published()
         return fold
 
     def served(self, fold: Fold) -> None:

@@ -1,12 +1,13 @@
 """consumer/metrics.py: business series from totals, cardinality guard, lag, no _created."""
 
 from collections.abc import Iterable
+from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry
 
 from consumer.aggregate import Buckets, aggregate
-from consumer.metrics import ConsumerMetrics, PartitionLag
+from consumer.metrics import ConsumerMetrics, PartitionLag, ScrapeState
 from schemas import CreateSessionBilling, CreateSessionResponseBody, CreateSessionSessionsUsage
 
 BUCKETS = Buckets(duration_seconds=(1.0, 5.0), tokens=(100.0, 1000.0), cost=(0.1, 1.0))
@@ -168,6 +169,7 @@ def test_series_gauge_counts_exported_series(registry: CollectorRegistry) -> Non
     apply(metrics, [session("ws-a"), session("ws-b"), session("ws-c")])
 
     metrics.mark_processed()
+    metrics.mark_published()
 
     assert registry.get_sample_value("session_consumer_series") == 3.0
     last = registry.get_sample_value("session_consumer_last_processed_timestamp_seconds")
@@ -221,3 +223,14 @@ def test_lag_collector_reports_only_what_its_callable_returns(
     assert value("session_consumer_lag_seconds", p0) is None
     assert value("session_consumer_lag_records", p1) == 7.0
     assert value("session_consumer_lag_seconds", p1) == 0.0
+
+
+@pytest.mark.parametrize("page", ["README.md", "docs/metrics.md"])
+def test_every_exported_family_is_documented(page: str) -> None:
+    metrics = ConsumerMetrics(BUCKETS, max_series=10)
+    metrics.register_lag(list)
+    metrics.register_scrape_state(lambda: ScrapeState(0, 0.0))
+    suffix = {"counter": "_total", "info": "_info"}
+    exported = {f.name + suffix.get(f.type, "") for f in metrics.registry.collect()}
+    text = (Path(__file__).parent.parent / page).read_text(encoding="utf-8")
+    assert sorted(name for name in exported if f"`{name}`" not in text) == []
