@@ -327,7 +327,15 @@ def referenced_metrics() -> set[str]:
         names |= metric_names(rule["expr"])
     for query in dashboard_queries():
         names |= metric_names(query)
-    return names
+    return names | metric_names(autoscaling_query())
+
+
+def autoscaling_query() -> str:
+    """The prod overlay's KEDA query: it scales on what a worker exports."""
+    path = MONITORING.parent / "overlays" / "prod" / "scaledobject.yaml"
+    (trigger,) = yaml.safe_load(path.read_text())["spec"]["triggers"]
+    query: str = trigger["metadata"]["query"]
+    return query
 
 
 def fetch(url: str) -> str:
