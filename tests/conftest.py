@@ -120,8 +120,9 @@ async def start_worker(broker: EmbeddedBroker) -> AsyncIterator[WorkerFactory]:
 
     yield start
     for run in running:
-        if not run.task.done():
-            run.worker.stop()
+        if run.task.done():  # stopped, crashed or cancelled by the test itself
+            continue
+        run.worker.stop()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(run.task, 30)
 

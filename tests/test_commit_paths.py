@@ -179,3 +179,61 @@ async def test_a_rebalance_between_fetch_and_processing_drops_the_fetched_batch(
         "session_consumer_batches_dropped_total"
     )
     assert dropped == 1
+
+
+async def crash(run: Running) -> None:
+    """End the worker the way kill -9 ends it as far as offsets go: nothing more is
+    committed (no drain, no final commit)."""
+    run.task.cancel()
+    await asyncio.gather(run.task, return_exceptions=True)
+
+
+@pytest.mark.usefixtures("no_commit_after_scrape")
+async def test_a_crash_between_a_served_scrape_and_its_commit_recounts_what_it_covered(
+    broker: EmbeddedBroker,
+    new_topic: TopicFactory,
+    producer: AIOKafkaProducer,
+    start_worker: WorkerFactory,
+) -> None:
+    """The bound on counting twice: what the scrapes since the last commit covered."""
+    topic = await new_topic(partitions=2)
+    await produce(producer, topic, count=300, rate=None, seed=8)
+    settings = settings_for(broker.bootstrap, topic, **GROUP)
+    first = await start_worker(settings)
+    await eventually(lambda: first.counted() == 300)
+    shown = sum(Scrape(await first.scrape()).series("llm_sessions_total").values())
+    await crash(first)
+
+    second = await start_worker(settings)
+    await eventually(lambda: second.counted() == 300, within=60)
+    await asyncio.sleep(1.0)
+    assert second.counted() == shown == 300  # counted again: exactly that scrape's cover
+
+
+async def test_a_scrape_served_but_never_stored_loses_at_most_what_it_covered(
+    broker: EmbeddedBroker,
+    new_topic: TopicFactory,
+    producer: AIOKafkaProducer,
+    start_worker: WorkerFactory,
+) -> None:
+    """Served, committed, then not ingested (the scraper failed to store it) and the
+    worker dies before the next scrape: what that one scrape covered is lost, no more."""
+    topic = await new_topic(partitions=2)
+    await produce(producer, topic, count=300, rate=None, seed=9)
+    settings = settings_for(broker.bootstrap, topic, **GROUP)
+    first = await start_worker(settings)
+    await eventually(lambda: first.counted() == 300)
+    await first.scrape()  # served and committed; imagine Prometheus dropped the answer
+
+    async def commit_done() -> bool:
+        return sum((await committed(broker.bootstrap, settings.group_id, topic, 2)).values()) == 300
+
+    await eventually(commit_done)
+    await produce(producer, topic, count=500, rate=None, seed=9, skip=300)
+    await eventually(lambda: first.counted() == 500)  # pending: dies with the process
+    await crash(first)
+
+    second = await start_worker(settings)
+    await eventually(lambda: second.counted() == 200, within=60)
+    await asyncio.sleep(1.0)
+    assert second.counted() == 200  # the 200 never shown are counted; the 300 are gone
