@@ -41,6 +41,7 @@ GZIP = 16 + zlib.MAX_WBITS
 class Scrapes(Protocol):
     def fold(self) -> Fold: ...
     def served(self, fold: Fold) -> None: ...
+    def abandoned(self, fold: Fold) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -116,20 +117,15 @@ def make_app(
     async def metrics(request: web.Request) -> web.StreamResponse:
         # `name[]=...` as prometheus-client's own server has it: one family, cheaply.
         names = request.query.getall("name[]", [])
-        accept = request.headers.get(hdrs.ACCEPT, "")
-        fold = scrapes.fold() if scrapes is not None and not names else None
-        # Rendered synchronously here, so the body is one moment between batches;
-        # writing it out may then await without other batches showing up in it.
-        chunks, content_type = render(registry, business, accept, names)
-        gzipped = "gzip" in request.headers.get(hdrs.ACCEPT_ENCODING, "")
-        response = web.StreamResponse(headers={hdrs.CONTENT_TYPE: content_type})
-        if gzipped:
-            response.headers[hdrs.CONTENT_ENCODING] = "gzip"
-        await response.prepare(request)
-        await _write(response, chunks, gzipped)
-        await response.write_eof()
-        if fold is not None:  # not reached when the client went away mid-answer
-            scrapes.served(fold)  # type: ignore[union-attr]
+        if scrapes is None or names:
+            return await _answer(request, registry, business, names)
+        fold = scrapes.fold()
+        try:
+            response = await _answer(request, registry, business, names)
+        except BaseException:
+            scrapes.abandoned(fold)
+            raise
+        scrapes.served(fold)  # the whole answer is written
         return response
 
     async def healthz(_: web.Request) -> web.Response:
@@ -147,6 +143,26 @@ def make_app(
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     return app
+
+
+async def _answer(
+    request: web.Request,
+    registry: CollectorRegistry,
+    business: BusinessText | None,
+    names: list[str],
+) -> web.StreamResponse:
+    accept = request.headers.get(hdrs.ACCEPT, "")
+    # Rendered synchronously here, so the body is one moment between batches;
+    # writing it out may then await without other batches showing up in it.
+    chunks, content_type = render(registry, business, accept, names)
+    gzipped = "gzip" in request.headers.get(hdrs.ACCEPT_ENCODING, "")
+    response = web.StreamResponse(headers={hdrs.CONTENT_TYPE: content_type})
+    if gzipped:
+        response.headers[hdrs.CONTENT_ENCODING] = "gzip"
+    await response.prepare(request)
+    await _write(response, chunks, gzipped)
+    await response.write_eof()
+    return response
 
 
 async def _write(response: web.StreamResponse, chunks: Iterator[bytes], gzipped: bool) -> None:

@@ -49,7 +49,7 @@ class PartitionState:
         return self.processed - (covered if covered is not None else self.processed)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class Fold:
     """The positions one fold covered, per partition state (a state replaced by a
     revoke and a new assignment is another object, so a late `served` skips it)."""
@@ -58,22 +58,27 @@ class Fold:
 
 
 class Ledger:
-    """The offset book of one worker. `forget_ids` is the dedup window's `forget`."""
+    """The offset book of one worker. `forget_ids` is the dedup window's `forget`;
+    `on_settled` is called whenever the last scrape in flight has ended."""
 
     def __init__(
         self,
         publish: Publish,
         forget_ids: Callable[[list[str]], None],
         clock: Callable[[], float] = time.monotonic,
+        on_settled: Callable[[], None] = lambda: None,
     ) -> None:
         self._publish = publish
         self._forget_ids = forget_ids
         self._clock = clock
+        self._on_settled = on_settled
         self._states: dict[Partition, PartitionState] = {}
         self.generation = 0
         """Changes at every withdrawal: a batch fetched before one must not be counted."""
         self.last_served = clock()
         """When a scrape was last served (start-up until the first)."""
+        self._in_flight: set[Fold] = set()
+        self._frozen = False
 
     def __contains__(self, tp: Partition) -> bool:
         return tp in self._states
@@ -114,7 +119,13 @@ class Ledger:
 
     def fold(self) -> Fold:
         """Publish every pending count; the positions covered become committable once
-        the response showing them is `served`."""
+        the response showing them is `served` (or never, if it is `abandoned`).
+
+        While frozen (a hand-over or a stop is deciding what to commit) nothing is
+        published: the scrape shows the published totals, which that commit covers.
+        """
+        if self._frozen:
+            return Fold(())
         covered = []
         for tp, s in self._states.items():
             if s.pending:
@@ -125,9 +136,33 @@ class Ledger:
             s.remembered = []
             if s.processed is not None:
                 covered.append((tp, s, s.processed))
-        return Fold(tuple(covered))
+        fold = Fold(tuple(covered))
+        self._in_flight.add(fold)
+        return fold
+
+    def abandoned(self, fold: Fold) -> None:
+        """The response never got out: what it published stays published (the next
+        scrape shows it too), but it makes nothing committable."""
+        self._end(fold)
+
+    def _end(self, fold: Fold) -> None:
+        self._in_flight.discard(fold)
+        if not self._in_flight:
+            self._on_settled()
+
+    @property
+    def folds_in_flight(self) -> int:
+        """Responses whose counts are published but not yet written out."""
+        return len(self._in_flight)
+
+    def freeze(self) -> None:
+        self._frozen = True
+
+    def thaw(self) -> None:
+        self._frozen = False
 
     def served(self, fold: Fold) -> None:
+        self._end(fold)
         for tp, s, position in fold.covered:
             if self._states.get(tp) is s and (s.served is None or position > s.served):
                 s.served = position

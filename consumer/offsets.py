@@ -18,6 +18,9 @@ from consumer.pipeline import Partition
 
 log = logging.getLogger(__name__)
 
+SETTLE_TIMEOUT = 2.0
+"""Seconds a hand-over or a stop waits for scrapes that are writing their answer."""
+
 
 class Committer:
     def __init__(self, consumer: AIOKafkaConsumer, ledger: Ledger, metrics: ConsumerMetrics):
@@ -26,6 +29,30 @@ class Committer:
         self._metrics = metrics
         # Two commits in flight could land out of order and move an offset back.
         self._lock = asyncio.Lock()
+        self._settled = asyncio.Event()
+
+    def scrapes_settled(self) -> None:
+        """The ledger's `on_settled`: no scrape is writing its answer any more."""
+        self._settled.set()
+
+    async def after_scrapes_in_flight(self) -> None:
+        """Until no scrape is between publishing counts and finishing its answer.
+
+        Deciding what to commit before such a scrape is done would leave counts it is
+        about to show uncommitted, and the next owner would count them again. The
+        caller has frozen the ledger, so no new scrape starts publishing meanwhile.
+        """
+        self._settled.clear()
+        if not self._ledger.folds_in_flight:
+            return
+        try:
+            async with asyncio.timeout(SETTLE_TIMEOUT):
+                await self._settled.wait()
+        except TimeoutError:
+            log.warning(
+                "scrape still writing its answer: committing without it",
+                extra={"scrapes": self._ledger.folds_in_flight, "timeout": SETTLE_TIMEOUT},
+            )
 
     async def commit_served(self, partitions: set[TopicPartition] | None = None) -> None:
         """Commit the served positions (of `partitions`, default all) not yet committed."""

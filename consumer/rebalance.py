@@ -39,8 +39,13 @@ class HandOver(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is 
         if not revoked:
             return
         async with self._batch_lock:
-            pending = sum(s.pending_records for tp, s in self._ledger.states() if tp in revoked)
-            await self._committer.commit(self._ledger.withdraw(revoked))
+            self._ledger.freeze()
+            try:
+                await self._committer.after_scrapes_in_flight()
+                pending = sum(s.pending_records for tp, s in self._ledger.states() if tp in revoked)
+                await self._committer.commit(self._ledger.withdraw(revoked))
+            finally:
+                self._ledger.thaw()
         self._metrics.assigned_partitions.set(0)
         log.info(
             "partitions revoked",

@@ -55,7 +55,9 @@ class Worker:
         self.buckets = buckets
         self.metrics = metrics or ConsumerMetrics(buckets, settings.max_series)
         self.dedup = DedupWindow(settings.dedup_window)
-        self.ledger = Ledger(self.metrics.business.apply, self.dedup.forget)
+        self.ledger = Ledger(
+            self.metrics.business.apply, self.dedup.forget, on_settled=self._scrapes_settled
+        )
         self.metrics.register_lag(self.partition_lag)
         self.metrics.register_scrape_state(self.scrape_state)
         self.batch_lock = asyncio.Lock()
@@ -96,6 +98,14 @@ class Worker:
         """That scrape's response is written: its positions may be committed now."""
         self.ledger.served(fold)
         self._commit_wanted.set()
+
+    def abandoned(self, fold: Fold) -> None:
+        """That scrape's response never got out whole."""
+        self.ledger.abandoned(fold)
+
+    def _scrapes_settled(self) -> None:
+        if self._committer is not None:
+            self._committer.scrapes_settled()
 
     def scrape_state(self) -> ScrapeState:
         return ScrapeState(self.ledger.pending_records(), self.ledger.seconds_since_served())
@@ -160,6 +170,10 @@ class Worker:
             for task in tasks[1:]:  # a commit hung in the committer must not hold the last one
                 task.cancel()
             await asyncio.gather(*tasks[1:], return_exceptions=True)
+            # From here scrapes show what is published and publish nothing more: what
+            # they show is what the final commit covers.
+            self.ledger.freeze()
+            await self._committer.after_scrapes_in_flight()
             await self._bounded(self._committer.commit_served(), "final commit")
         finally:
             for task in tasks:
