@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench lint install-prometheus install-stunnel clean
+.PHONY: demo test bench lint install-prometheus install-stunnel install-maven kafka-jars clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,12 +38,34 @@ install-stunnel:
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq stunnel4 >/dev/null; }
 
+# The Kafka-marked tests run Apache Kafka itself from its published jars (tests/kafkabroker.py):
+# Maven resolves the release pinned in tests/kafka/pom.xml into a cache outside the repository,
+# once; later runs find the stamp and stay offline.
+KAFKA_POM := tests/kafka/pom.xml
+KAFKA_VERSION := $(shell sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' $(KAFKA_POM))
+KAFKA_JARS := $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/session-metrics/kafka-$(KAFKA_VERSION)
+
+install-maven:
+	@command -v mvn >/dev/null && command -v java >/dev/null || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq maven openjdk-17-jdk-headless >/dev/null; }
+
+kafka-jars: $(KAFKA_JARS)/.complete
+
+$(KAFKA_JARS)/.complete: $(KAFKA_POM)
+	@$(MAKE) --no-print-directory install-maven
+	rm -rf $(KAFKA_JARS).partial
+	mvn -q -B -f $(KAFKA_POM) dependency:copy-dependencies -DincludeScope=runtime \
+	  -DoutputDirectory=$(KAFKA_JARS).partial
+	rm -rf $(KAFKA_JARS) && mv $(KAFKA_JARS).partial $(KAFKA_JARS)
+	touch $@
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: $(STAMP) install-prometheus install-stunnel lint
+test: $(STAMP) install-prometheus install-stunnel kafka-jars lint
 	$(BIN)/pytest $(ARGS)
 
 clean:
