@@ -151,7 +151,7 @@ class KafkaBroker:
     def sasl_bootstrap(self) -> str:
         return f"127.0.0.1:{self.ports.sasl}"
 
-    def _java(self, main: str, *args: str, heap: str = "512m") -> list[str]:
+    def java(self, main: str, *args: str, heap: str = "512m") -> list[str]:
         jars = jar_dir()
         if not (jars / f"kafka_2.13-{KAFKA_VERSION}.jar").exists():
             raise RuntimeError(f"no Kafka jars in {jars}: run `make kafka-jars`")
@@ -170,7 +170,7 @@ class KafkaBroker:
         keystore.write_text(self.pki.key.read_text() + self.pki.cert.read_text())
         self.config.write_text(_properties(self.ports, self.data, self.pki))
         users = [f"{m}=[name={USER},password={PASSWORD}]" for m in SCRAM]
-        command = self._java(
+        command = self.java(
             "kafka.tools.StorageTool", "format", "--cluster-id", _cluster_id(),
             "--config", str(self.config), *(a for u in users for a in ("--add-scram", u)),
             heap="256m",
@@ -184,7 +184,7 @@ class KafkaBroker:
         before = self.log_path.stat().st_size if self.log_path.exists() else 0
         with self.log_path.open("ab") as log:
             self._proc = subprocess.Popen(
-                self._java("kafka.Kafka", str(self.config)),
+                self.java("kafka.Kafka", str(self.config)),
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
