@@ -50,7 +50,8 @@ class Progress:
     committed: int | None = None
     """Last offset committed by this worker."""
     fetch_position: int | None = None
-    """The consumer's position before anything was processed: for lag only, never committed."""
+    """The consumer's position as last looked up: for lag only, never committed. It can be
+    past `position`: no record is processed at a transaction marker or an aborted record."""
 
 
 class Worker:
@@ -104,11 +105,10 @@ class Worker:
             progress, highwater = self._progress.get(tp), self._end_offset(consumer, tp)
             if progress is None or highwater is None:
                 continue
-            position = (
-                progress.position if progress.position is not None else (progress.fetch_position)
-            )
-            if position is None:
+            known = [p for p in (progress.position, progress.fetch_position) if p is not None]
+            if not known:
                 continue
+            position = max(known)
             behind = max(0, highwater - position)
             seconds = None
             if behind == 0:
@@ -394,13 +394,13 @@ class Worker:
             await asyncio.sleep(PROBE_INTERVAL)
 
     async def _learn_positions(self, consumer: AIOKafkaConsumer) -> None:
-        # A partition with nothing to read yet has no processed record; its
-        # fetch position still tells the lag (0 once caught up).
+        # A partition with nothing to read yet has no processed record, and a transactional
+        # one ends in a commit marker no record covers; the fetch position still tells the
+        # lag (0 once caught up).
         for tp in consumer.assignment():
             progress = self._progress.setdefault(tp, Progress())
-            if progress.position is None:
-                with contextlib.suppress(KafkaError, AssertionError, TimeoutError):
-                    progress.fetch_position = await asyncio.wait_for(consumer.position(tp), 1.0)
+            with contextlib.suppress(KafkaError, AssertionError, TimeoutError):
+                progress.fetch_position = await asyncio.wait_for(consumer.position(tp), 1.0)
 
 
 def _rejected(
