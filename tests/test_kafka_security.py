@@ -173,3 +173,22 @@ async def test_kafka_certificate_from_an_untrusted_ca_exits_1_with_one_line(
         "verification: unable to get local issuer certificate "
         "(check --ssl-cafile / SESSION_METRICS_SSL_CAFILE and --ssl-check-hostname)",
     )
+
+
+async def test_kafka_requiring_a_client_certificate_we_lack_exits_1_with_one_line(
+    kafka: KafkaBroker, kafka_pki: Pki
+) -> None:
+    code, lines = await run_cli(
+        *("--bootstrap-servers", kafka.mtls_bootstrap, "--security-protocol", "SSL"),
+        *("--ssl-cafile", str(kafka_pki.ca)),
+        env={},
+    )
+
+    assert code == 1
+    assert_one_error_line_after_json_logs(
+        lines,
+        f"session-metrics: Kafka error: BrokerRefused: {kafka.mtls_bootstrap} refused the TLS "
+        "session: sslv3 alert bad certificate (check --ssl-certfile / "
+        "SESSION_METRICS_SSL_CERTFILE and --ssl-keyfile: the broker may require a client "
+        "certificate)",
+    )
