@@ -171,7 +171,7 @@ class KafkaBroker:
         self.config.write_text(_properties(self.ports, self.data, self.pki))
         users = [f"{m}=[name={USER},password={PASSWORD}]" for m in SCRAM]
         command = self.java(
-            "kafka.tools.StorageTool", "format", "--cluster-id", _cluster_id(),
+            "kafka.tools.StorageTool", "format", f"--cluster-id={_cluster_id()}",
             "--config", str(self.config), *(a for u in users for a in ("--add-scram", u)),
             heap="256m",
         )  # fmt: skip
@@ -243,5 +243,6 @@ class KafkaBroker:
 
 
 def _cluster_id() -> str:
-    """A random cluster id as kafka-storage random-uuid makes it: 16 bytes, URL-safe base64."""
+    """A random cluster id as kafka-storage random-uuid makes it: 16 bytes, URL-safe base64.
+    One in 64 starts with '-', hence `--cluster-id=` as one argument."""
     return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
