@@ -116,6 +116,12 @@ class Running:
         value = registry.get_sample_value("session_consumer_messages_total", {"outcome": "counted"})
         return value or 0.0
 
+    async def scrape(self) -> str:
+        """GET /metrics as Prometheus does: publishes what was counted, commits after."""
+        async with aiohttp.ClientSession() as http, http.get(self.url + "/metrics") as response:
+            assert response.status == 200
+            return await response.text()
+
     async def status(self, path: str) -> int:
         """HTTP status of GET `path` on this worker's server."""
         async with aiohttp.ClientSession() as http, http.get(self.url + path) as response:

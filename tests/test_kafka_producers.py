@@ -70,8 +70,9 @@ def lags(run: Running, topic: str) -> dict[int, float]:
     }
 
 
-def assert_counts_exactly(run: Running, events: list[CreateSessionResponseBody]) -> None:
+async def assert_counts_exactly(run: Running, events: list[CreateSessionResponseBody]) -> None:
     assert run.counted() == len(events)
+    await run.scrape()  # a served scrape publishes what was counted
     want = expected_totals(events)
     got = series_values(run.worker.metrics.registry)["llm_sessions_total"]
     assert got == {key: float(t.sessions) for key, t in want.items()}
@@ -94,7 +95,7 @@ async def test_aborted_transactions_count_only_under_read_uncommitted(
     # came before what was counted last; under read_uncommitted nothing is left to read.
     await asyncio.sleep(1)
 
-    assert_counts_exactly(run, want)
+    await assert_counts_exactly(run, want)
 
 
 async def test_read_committed_lag_is_measured_to_the_last_stable_offset(
@@ -121,7 +122,7 @@ async def test_read_committed_lag_is_measured_to_the_last_stable_offset(
     await asyncio.to_thread(producer.commit_transaction, 30)
     await eventually(lambda: run.counted() >= 3 * TXN)
     await eventually(lambda: lags(run, topic) == {0: 0.0})
-    assert_counts_exactly(run, events)
+    await assert_counts_exactly(run, events)
 
 
 def _commit(producer: Producer, topic: str, events: list[CreateSessionResponseBody]) -> None:
@@ -191,5 +192,5 @@ async def test_one_topic_mixing_every_codec_counts_every_event_exactly(
     await eventually(lambda: run.counted() >= len(events), within=60)
     await asyncio.sleep(0.5)
 
-    assert_counts_exactly(run, events)
+    await assert_counts_exactly(run, events)
     assert await asyncio.to_thread(codecs_on_disk, kafka, topic) == set(CODECS)

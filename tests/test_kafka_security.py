@@ -134,6 +134,7 @@ async def test_kafka_tls_listener_counts_every_event_exactly(
     await eventually(lambda: run.counted() >= COUNT, within=60)
 
     assert run.counted() == COUNT
+    await run.scrape()  # a served scrape publishes what was counted
     assert_exact(series_values(run.worker.metrics.registry), seed=120)
     assert await run.is_ready()
 
@@ -154,6 +155,7 @@ async def test_kafka_mutual_tls_with_a_client_certificate_counts_every_event_exa
     await eventually(lambda: run.counted() >= COUNT, within=60)
 
     assert run.counted() == COUNT
+    await run.scrape()
     assert_exact(series_values(run.worker.metrics.registry), seed=121)
 
 
