@@ -223,6 +223,13 @@ class KafkaBroker:
             proc.kill()
             proc.wait()
 
+    def kill(self) -> None:
+        """SIGKILL: no controlled shutdown; the next start recovers the logs it finds."""
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
     @property
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
