@@ -19,6 +19,7 @@ from tests.faults import Stream, Worker, committed, report, until
 from tests.kafkabroker import KafkaBroker
 from tests.pki import Pki
 from tests.test_outage import Probes
+from tests.test_sasl import run_cli
 
 pytestmark = [pytest.mark.broker, pytest.mark.kafka]
 
@@ -101,7 +102,24 @@ async def status_is(worker: Worker, status: int) -> bool:
     return got is not None and got[0] == status
 
 
-# --- lag at Kafka's defaults --------------------------------------------------------------------
+# --- the group at Kafka's defaults --------------------------------------------------------------
+
+
+async def test_session_timeout_below_kafkas_minimum_exits_1_naming_the_flag(
+    kafka: KafkaBroker,
+) -> None:
+    code, lines = await run_cli(
+        *("--bootstrap-servers", kafka.bootstrap, "--session-timeout-ms", "3000"),
+        *("--heartbeat-interval-ms", "1000"),
+        env={},
+    )
+
+    assert code == 1
+    assert lines[-1] == (
+        "session-metrics: Kafka error: [Error 26] InvalidSessionTimeoutError (the broker "
+        "refused --session-timeout-ms / SESSION_METRICS_SESSION_TIMEOUT_MS: it must lie within "
+        "its group.min.session.timeout.ms, 6000 by default, and group.max.session.timeout.ms)"
+    )
 
 
 async def test_end_offsets_and_lag_agree_with_the_highwater_the_producer_saw(
