@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench lint install-prometheus install-stunnel install-kustomize clean
+.PHONY: demo test bench lint install-prometheus install-stunnel install-kustomize install-maven kafka-jars clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,13 +16,14 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/session-metrics demo $(ARGS)
 
-# The throughput benchmark (see BENCHMARKS.md): adds matplotlib and pyinstrument.
+# The throughput benchmark (see BENCHMARKS.md): adds matplotlib and pyinstrument; runs on
+# Tansu and on Apache Kafka by default (ARGS="--broker tansu" or "--broker kafka" for one).
 BENCH_STAMP := $(VENV)/.installed-bench
 $(BENCH_STAMP): $(STAMP)
 	$(BIN)/pip install --quiet -e '.[bench]'
 	touch $(BENCH_STAMP)
 
-bench: $(BENCH_STAMP)
+bench: $(BENCH_STAMP) kafka-jars
 	$(BIN)/python -m bench $(ARGS)
 
 # The real-Prometheus tests need Debian's prometheus package (server + promtool).
@@ -47,13 +48,34 @@ install-kustomize: $(STAMP)
 	  command -v go >/dev/null || { echo "make: the deploy tests need kubectl, or kustomize $(KUSTOMIZE_VERSION), or Go to build it: install one of them" >&2; exit 1; }; \
 	  echo "make: building kustomize $(KUSTOMIZE_VERSION) into $(BIN) (the deploy tests need it)"; \
 	  GOBIN=$(abspath $(BIN)) go install sigs.k8s.io/kustomize/kustomize/v5@$(KUSTOMIZE_VERSION); }
+# The Kafka-marked tests run Apache Kafka itself from its published jars (tests/kafkabroker.py):
+# Maven resolves the release pinned in tests/kafka/pom.xml into a cache outside the repository,
+# once; later runs find the stamp and stay offline.
+KAFKA_POM := tests/kafka/pom.xml
+KAFKA_VERSION := $(shell sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' $(KAFKA_POM))
+KAFKA_JARS := $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/session-metrics/kafka-$(KAFKA_VERSION)
+
+install-maven:
+	@command -v mvn >/dev/null && command -v java >/dev/null || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq maven openjdk-17-jdk-headless >/dev/null; }
+
+kafka-jars: $(KAFKA_JARS)/.complete
+
+$(KAFKA_JARS)/.complete: $(KAFKA_POM)
+	@$(MAKE) --no-print-directory install-maven
+	rm -rf $(KAFKA_JARS).partial
+	mvn -q -B -f $(KAFKA_POM) dependency:copy-dependencies -DincludeScope=runtime \
+	  -DoutputDirectory=$(KAFKA_JARS).partial
+	rm -rf $(KAFKA_JARS) && mv $(KAFKA_JARS).partial $(KAFKA_JARS)
+	touch $@
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: $(STAMP) install-prometheus install-stunnel install-kustomize lint
+test: $(STAMP) install-prometheus install-stunnel install-kustomize kafka-jars lint
 	$(BIN)/pytest $(ARGS)
 
 clean:

@@ -9,7 +9,36 @@ if TYPE_CHECKING:
 EVENTS, ROUNDS, SERIES = 500_000, 3, 10_000
 
 
-def render(r: "Results", table: list[str], verdicts: list[str]) -> str:
+def on_other_brokers(r: "Results", tables: dict[str, list[str]]) -> str:
+    """One section per further broker of the run: its table and project's ratios."""
+    sections = []
+    for kind, other in r.others.items():
+        rates = {name: c["events_per_second"] for name, c in other.contenders.items()}
+        per_round = ", ".join(
+            f"{name} {' / '.join(f'{v:,.0f}' for v in values)}"
+            for name, values in other.runs.items()
+        )
+        sections.append(
+            f"""
+## The same rounds on {other.broker.split(" (")[0]}
+
+The same corpus ({r.events:,} events, {r.partitions} partitions), produced the same way,
+in the same run, on {other.broker}.
+
+{chr(10).join(tables[kind])}
+
+- project / ceiling = {rates["project"] / rates["ceiling"]:.2f},
+  project / naive = {rates["project"] / rates["naive"]:.1f}.
+
+Per round (events/s): {per_round}.
+"""
+        )
+    return "".join(sections)
+
+
+def render(
+    r: "Results", table: list[str], verdicts: list[str], tables: dict[str, list[str]]
+) -> str:
     to_ceiling, to_naive = r.ratios()
     ceiling_us = 1e6 / r.rate("ceiling")
     project_us = 1e6 / r.rate("project")
@@ -29,7 +58,7 @@ def render(r: "Results", table: list[str], verdicts: list[str]) -> str:
 
 The latest run of `make bench` (`python -m bench`): {r.events:,} events
 (~480 bytes, 50 workspaces x 5 projects, 10% without a project) on one topic of
-{r.partitions} partitions of the embedded broker, read by three contenders, each
+{r.partitions} partitions of {m["broker"].split(" (")[0]}, read by three contenders, each
 a fresh process with a fresh consumer group, {r.rounds} rounds in alternating
 order, medians:
 
@@ -58,7 +87,7 @@ Per round (events/s): {rounds}.
 Two workers in one group (no target): {two:,.0f} events/s together,
 {two / r.rate("project"):.2f}x one worker. They share this machine's two cores
 with the broker, so this shows the group splitting the work, not a scaling limit.
-
+{on_other_brokers(r, tables)}
 ## Scrape time at {s["series"]:,.0f} series
 
 One worker holding {s["series"]:,.0f} (workspace, project) series
@@ -133,7 +162,8 @@ What made the difference, measured as we went:
 ## Reproduce
 
 ```sh
-make bench                       # {EVENTS // 1000}k events, {ROUNDS} rounds, {SERIES:,} series
+make bench                       # both brokers: {EVENTS // 1000}k events, {ROUNDS} rounds
+make bench ARGS="--broker kafka" # one broker only: tansu or kafka
 make bench ARGS="--rounds 4"     # more rounds; --events, --series as well
 make bench ARGS="--write-page"   # the same, and publish it: rewrite this page
 ```

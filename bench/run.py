@@ -1,9 +1,10 @@
 """`python -m bench`: ceiling vs naive vs session-metrics on one topic, then report.
 
-One run: start the embedded broker, produce the corpus once, then time each
-contender as a fresh process with a fresh consumer group, in alternating
-order over several rounds; then two workers in one group, the scrape time
-at 10k series, and a profile of the project. See BENCHMARKS.md.
+One run: for each broker asked for (Tansu, Apache Kafka, or both in turn), start it,
+produce the same seeded corpus, then time each contender as a fresh process with a
+fresh consumer group, in alternating order over several rounds, and two workers in
+one group; on the first broker also the scrape time at 10k series and a profile of
+the project. See BENCHMARKS.md.
 """
 
 import argparse
@@ -13,10 +14,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench import corpus, profile, report, scrape
+from bench import brokers, corpus, profile, report, scrape
 from bench.narrative import EVENTS, ROUNDS, SERIES
 from bench.observe import MESSAGES, Contender, Process, Timed, project, python, timed_run
-from consumer.broker import EmbeddedBroker, create_topics, free_port
+from consumer.broker import create_topics, free_port
 
 TOPIC, PARTITIONS = "bench-sessions", 6
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -73,18 +74,39 @@ def medians(runs: dict[str, list[Timed]]) -> dict[str, dict[str, float]]:
     }
 
 
+async def on_broker(
+    kind: str, args: argparse.Namespace, logs: Path, first: bool
+) -> tuple[dict[str, list[Timed]], dict[str, float], dict[str, float]]:
+    """The rounds on one broker; the scrape and the profile only on the first."""
+    print(f"broker: {brokers.describe(kind)}", flush=True)
+    scraped: dict[str, float] = {}
+    profiled: dict[str, float] = {}
+    with brokers.running(kind, logs) as bootstrap:
+        await create_topics(bootstrap, {TOPIC: PARTITIONS, scrape.TOPIC: PARTITIONS})
+        started = time.monotonic()
+        await corpus.realistic(bootstrap, TOPIC, args.events)
+        print(f"produced {args.events:,} events in {time.monotonic() - started:.1f}s", flush=True)
+        runs = await rounds(bootstrap, logs, args.events, args.rounds)
+        if first:
+            scraped = await scrape.measure(bootstrap, logs, args.series)
+            profiled = await profile.profile(bootstrap, TOPIC, logs, args.events)
+    return runs, scraped, profiled
+
+
 async def bench(args: argparse.Namespace) -> None:
     RESULTS.mkdir(exist_ok=True)
     logs = Path(tempfile.mkdtemp(prefix="bench-logs-"))
     print(f"logs: {logs}", flush=True)
-    with EmbeddedBroker(log_file=logs / "broker.log") as broker:
-        await create_topics(broker.bootstrap, {TOPIC: PARTITIONS, scrape.TOPIC: PARTITIONS})
-        started = time.monotonic()
-        await corpus.realistic(broker.bootstrap, TOPIC, args.events)
-        print(f"produced {args.events:,} events in {time.monotonic() - started:.1f}s", flush=True)
-        runs = await rounds(broker.bootstrap, logs, args.events, args.rounds)
-        scraped = await scrape.measure(broker.bootstrap, logs, args.series)
-        profiled = await profile.profile(broker.bootstrap, TOPIC, logs, args.events)
+    kinds = brokers.BROKERS if args.broker == "both" else (args.broker,)
+    runs, scraped, profiled = await on_broker(kinds[0], args, logs, first=True)
+    others = {}
+    for kind in kinds[1:]:
+        more, _, _ = await on_broker(kind, args, logs, first=False)
+        others[kind] = report.BrokerRuns(
+            broker=brokers.describe(kind),
+            contenders=medians(more),
+            runs={name: [t.rate for t in timed] for name, timed in more.items()},
+        )
     results = report.Results(
         events=args.events,
         partitions=PARTITIONS,
@@ -93,7 +115,8 @@ async def bench(args: argparse.Namespace) -> None:
         runs={name: [t.rate for t in timed] for name, timed in runs.items()},
         scrape=scraped,
         profile=profiled,
-        machine=report.machine(),
+        machine={**report.machine(), "broker": brokers.describe(kinds[0])},
+        others=others,
     )
     # Only on request: a plain run must leave the clone clean (bench/results/ is ignored).
     report.write(results, RESULTS, page=args.write_page)
@@ -108,6 +131,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--write-page",
         action="store_true",
         help="also publish the run: rewrite BENCHMARKS.md and its data in docs/bench/",
+    )
+    parser.add_argument(
+        "--broker",
+        choices=[*brokers.BROKERS, "both"],
+        default="both",
+        help="the broker(s) to run on, on the same corpus; the scrape and profile use the first",
     )
     parser.add_argument(
         "--report-only",

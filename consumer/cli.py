@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
+from aiokafka.errors import InvalidSessionTimeoutError, KafkaError
 
 from consumer import __version__, logs
 from consumer.settings import (
@@ -70,10 +70,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"session-metrics: configuration error: {exc}", file=sys.stderr)
         return 2
     except KafkaError as exc:
-        print(f"session-metrics: Kafka error: {exc}", file=sys.stderr)  # str() names the error
+        print(f"session-metrics: Kafka error: {_kafka_reason(exc)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
+
+
+def _kafka_reason(exc: KafkaError) -> str:
+    """str() names the error; where a flag of ours caused it, name the flag too."""
+    if isinstance(exc, InvalidSessionTimeoutError):
+        return (
+            f"{exc} (the broker refused --session-timeout-ms / SESSION_METRICS_SESSION_TIMEOUT_MS: "
+            "it must lie within its group.min.session.timeout.ms, 6000 by default, and "
+            "group.max.session.timeout.ms)"
+        )
+    return str(exc)
 
 
 def _run(args: argparse.Namespace) -> int:

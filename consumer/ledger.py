@@ -36,7 +36,8 @@ class PartitionState:
     """Position covered by the last served scrape: what may be committed."""
     committed: int | None = None
     fetch_position: int | None = None
-    """The consumer's position before anything was processed: for lag only."""
+    """The consumer's position as last looked up: for lag only, never committed. It can be
+    past `processed`: no record is processed at a transaction marker or an aborted record."""
     pending: dict[SeriesKey, Totals] = field(default_factory=dict)
     remembered: list[list[str]] = field(default_factory=list)
     """Dedup lists of the pending counts' ids, forgotten if they are withdrawn."""

@@ -4,6 +4,7 @@ Also tells a broker that refuses our TLS or SASL settings apart from one that
 is merely unreachable: the first can never succeed by retrying.
 """
 
+import asyncio
 import ssl
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,8 @@ from consumer.settings import HttpSettings, KafkaSettings
 
 PROBE_TIMEOUT_MS = 5_000
 """Short: a stop request waits for a probe in progress."""
+ALERT_WAIT = 2.0
+"""Seconds to wait for a broker's TLS alert: it comes at once or not at all."""
 
 
 class BrokerRefused(KafkaError):  # type: ignore[misc]  # aiokafka has no type hints
@@ -101,7 +104,9 @@ async def _probe(host: str, port: int, s: KafkaSettings) -> str | None:
             "(check --ssl-cafile / SESSION_METRICS_SSL_CAFILE and --ssl-check-hostname)"
         )
     except (OSError, KafkaError, TimeoutError):
-        return None  # not reachable now: retrying may help
+        # A broker that wants a client certificate says so with a TLS alert, which aiokafka
+        # turns into a closed connection: retrying would never help, so look for the alert.
+        return await _tls_alert(host, port, transport) if "ssl_context" in transport else None
     conn.close()
     if not s.security_protocol.startswith("SASL_"):
         return None
@@ -116,6 +121,37 @@ async def _probe(host: str, port: int, s: KafkaSettings) -> str | None:
         return _sasl_refusal(exc, s.sasl_mechanism, sasl["sasl_plain_username"])
     conn.close()
     return None
+
+
+async def _tls_alert(host: str, port: int, transport: dict[str, Any]) -> str | None:
+    """Why the broker ends our TLS session with an alert, or None if it does not."""
+    try:
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(host, port, ssl=transport["ssl_context"]), ALERT_WAIT
+        )
+    except ssl.SSLError as exc:  # TLS 1.2: the alert ends the handshake
+        return _alert_refusal(exc)
+    except (OSError, TimeoutError):
+        return None
+    try:
+        # TLS 1.3: the server checks our certificate after the handshake, and its alert
+        # arrives on the first read.
+        await asyncio.wait_for(reader.read(1), ALERT_WAIT)
+    except ssl.SSLError as exc:
+        return _alert_refusal(exc)
+    except (OSError, TimeoutError):
+        pass
+    finally:
+        writer.close()
+    return None
+
+
+def _alert_refusal(exc: ssl.SSLError) -> str:
+    reason = (exc.reason or "TLS alert").lower().replace("_", " ")
+    return (
+        f"refused the TLS session: {reason} (check --ssl-certfile / SESSION_METRICS_SSL_CERTFILE "
+        "and --ssl-keyfile: the broker may require a client certificate)"
+    )
 
 
 def _sasl_refusal(exc: Exception, mechanism: str | None, username: str) -> str:

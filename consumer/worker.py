@@ -117,10 +117,12 @@ class Worker:
         now, out = time.time(), []
         for tp, state in self.ledger.states():
             end = self._end_offset(consumer, tp)
-            position = state.processed if state.processed is not None else state.fetch_position
-            if end is None or position is None:
+            # The fetch position can be past the last processed record: a transaction's
+            # commit marker, or aborted records under read_committed, are never processed.
+            known = [p for p in (state.processed, state.fetch_position) if p is not None]
+            if end is None or not known:
                 continue
-            behind = max(0, end - position)
+            behind = max(0, end - max(known))
             seconds = None
             if behind == 0:
                 seconds = 0.0
@@ -425,10 +427,11 @@ class Worker:
             self.served(self.fold())
 
     async def _learn_positions(self, consumer: AIOKafkaConsumer) -> None:
-        # A partition with nothing to read yet has no processed record; its
-        # fetch position still tells the lag (0 once caught up).
+        # A partition with nothing to read yet has no processed record, and a transactional
+        # one ends in a commit marker no record covers; the fetch position still tells the
+        # lag (0 once caught up).
         for tp, state in self.ledger.states():
-            if state.processed is None and tp in consumer.assignment():
+            if tp in consumer.assignment():
                 with contextlib.suppress(KafkaError, AssertionError, TimeoutError):
                     state.fetch_position = await asyncio.wait_for(consumer.position(tp), 1.0)
 

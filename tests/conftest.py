@@ -1,4 +1,5 @@
-"""Shared fixtures: one real Tansu broker per session, a fresh topic per test, worker factory."""
+"""Shared fixtures: the real brokers (Tansu, and Apache Kafka for the `kafka` tests), started
+once per session, a fresh topic per test, worker factory."""
 
 import argparse
 import asyncio
@@ -7,7 +8,8 @@ import inspect
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, Protocol
 
 import aiohttp
 import pytest
@@ -18,12 +20,46 @@ from consumer.http import HttpServer
 from consumer.service import serve
 from consumer.settings import Settings, run_settings
 from consumer.worker import Worker
+from tests.kafkabroker import KafkaBroker
+from tests.pki import Pki, make_pki
+
+
+class Broker(Protocol):
+    @property
+    def bootstrap(self) -> str: ...
 
 
 @pytest.fixture(scope="session")
-def broker() -> Iterator[EmbeddedBroker]:
+def tansu() -> Iterator[EmbeddedBroker]:
     with EmbeddedBroker() as b:
         yield b
+
+
+@pytest.fixture(scope="session")
+def broker(tansu: EmbeddedBroker) -> Broker:
+    """The broker of broker-facing tests: Tansu, unless a module overrides this fixture with
+    `any_broker` to run its tests on both."""
+    return tansu
+
+
+@pytest.fixture(scope="session")
+def kafka_pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    return make_pki(tmp_path_factory.mktemp("kafka-pki"))
+
+
+@pytest.fixture(scope="session")
+def kafka(kafka_pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBroker]:
+    """Apache Kafka (one KRaft node), shared by the session's `kafka` tests."""
+    with KafkaBroker(Path(tmp_path_factory.mktemp("kafka")), kafka_pki) as k:
+        yield k
+
+
+@pytest.fixture(params=["tansu", pytest.param("kafka", marks=pytest.mark.kafka)])
+def any_broker(request: pytest.FixtureRequest) -> Broker:
+    """Each broker in turn: a test module says `broker = any_broker`-style override
+    (see tests/test_pipeline.py) to run its tests on Tansu and on Apache Kafka."""
+    found: Broker = request.getfixturevalue(request.param)
+    return found
 
 
 def settings_for(bootstrap: str, topic: str, **overrides: Any) -> Settings:
@@ -43,7 +79,7 @@ TopicFactory = Callable[..., Awaitable[str]]
 
 
 @pytest.fixture
-def new_topic(broker: EmbeddedBroker) -> TopicFactory:
+def new_topic(broker: Broker) -> TopicFactory:
     async def make(partitions: int = 3) -> str:
         name = f"t-{uuid.uuid4().hex[:12]}"
         await create_topics(broker.bootstrap, {name: partitions})
@@ -53,7 +89,7 @@ def new_topic(broker: EmbeddedBroker) -> TopicFactory:
 
 
 @pytest.fixture
-async def producer(broker: EmbeddedBroker) -> AsyncIterator[AIOKafkaProducer]:
+async def producer(broker: Broker) -> AsyncIterator[AIOKafkaProducer]:
     p = AIOKafkaProducer(bootstrap_servers=broker.bootstrap, linger_ms=2)
     await p.start()
     yield p
@@ -99,7 +135,7 @@ WorkerFactory = Callable[..., Awaitable[Running]]
 
 
 @pytest.fixture
-async def start_worker(broker: EmbeddedBroker) -> AsyncIterator[WorkerFactory]:
+async def start_worker(broker: Broker) -> AsyncIterator[WorkerFactory]:
     """Start `serve()` (worker + HTTP on a free port) in the background; stopped at teardown."""
     running: list[Running] = []
 

@@ -110,8 +110,11 @@ class Exact:
 class Worker:
     """One `session-metrics run` process with its own port, log file and metric files."""
 
-    def __init__(self, workdir: Path, name: str, args: Iterable[str]) -> None:
+    def __init__(
+        self, workdir: Path, name: str, args: Iterable[str], env: dict[str, str] | None = None
+    ) -> None:
         self.name = name
+        self.env = env or {}
         self.port = free_port()
         self.log_path = workdir / f"{name}.log"
         self.metrics_dir = workdir / f"{name}.metrics"
@@ -128,7 +131,7 @@ class Worker:
 
     async def start(self) -> "Worker":
         self.metrics_dir.mkdir()
-        env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(self.metrics_dir)}
+        env = {**os.environ, **self.env, "PROMETHEUS_MULTIPROC_DIR": str(self.metrics_dir)}
         with self.log_path.open("wb") as log:
             self.proc = await asyncio.create_subprocess_exec(
                 *CLI, "run", *self.args, stdout=asyncio.subprocess.DEVNULL, stderr=log, env=env

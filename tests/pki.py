@@ -12,6 +12,9 @@ SERVER_EXTENSIONS = (
     "keyUsage=digitalSignature\n"
     "extendedKeyUsage=serverAuth\n"
 )
+CLIENT_EXTENSIONS = (
+    "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=clientAuth\n"
+)
 
 
 @dataclass(frozen=True)
@@ -25,6 +28,9 @@ class Pki:
     """A CA that signed nothing here: trusting it must fail verification."""
     other_key: Path
     """The key of `other_ca`, which does not match `cert`."""
+    client_cert: Path
+    """A client certificate signed by `ca` (for mutual TLS)."""
+    client_key: Path
 
 
 def _openssl(*args: str | Path) -> None:
@@ -45,10 +51,18 @@ def make_pki(directory: Path) -> Pki:
     _openssl("x509", "-req", "-days", "2", "-in", d / "server.csr", "-CA", d / "ca.pem",
              "-CAkey", d / "ca.key", "-CAcreateserial", "-extfile", d / "server.ext",
              "-out", d / "server.pem")  # fmt: skip
+    _openssl("req", "-new", "-subj", "/CN=session-metrics", *EC_KEY,
+             "-keyout", d / "client.key", "-out", d / "client.csr")  # fmt: skip
+    (d / "client.ext").write_text(CLIENT_EXTENSIONS)
+    _openssl("x509", "-req", "-days", "2", "-in", d / "client.csr", "-CA", d / "ca.pem",
+             "-CAkey", d / "ca.key", "-CAcreateserial", "-extfile", d / "client.ext",
+             "-out", d / "client.pem")  # fmt: skip
     return Pki(
         ca=d / "ca.pem",
         cert=d / "server.pem",
         key=d / "server.key",
         other_ca=d / "other-ca.pem",
         other_key=d / "other-ca.key",
+        client_cert=d / "client.pem",
+        client_key=d / "client.key",
     )

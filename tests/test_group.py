@@ -6,19 +6,25 @@ import math
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from consumer.broker import EmbeddedBroker
 from consumer.produce import produce
-from tests.conftest import Running, TopicFactory, WorkerFactory, eventually, settings_for
+from tests.conftest import Broker, Running, TopicFactory, WorkerFactory, eventually, settings_for
 from tests.corpus import corpus, expected_totals, series_values
 
 pytestmark = pytest.mark.broker
+
+
+@pytest.fixture
+def broker(any_broker: Broker) -> Broker:
+    """Every test here runs on Tansu and on Apache Kafka."""
+    return any_broker
+
 
 # Short group timeouts so a restarted or second worker is admitted in seconds.
 FAST_GROUP = {"session_timeout_ms": 6000, "heartbeat_interval_ms": 1000}
 
 
 async def test_restarted_worker_resumes_from_committed_offsets(
-    broker: EmbeddedBroker,
+    broker: Broker,
     new_topic: TopicFactory,
     producer: AIOKafkaProducer,
     start_worker: WorkerFactory,
@@ -45,7 +51,7 @@ async def test_restarted_worker_resumes_from_committed_offsets(
 
 
 async def test_two_workers_in_one_group_split_partitions_and_sum_exactly(
-    broker: EmbeddedBroker,
+    broker: Broker,
     new_topic: TopicFactory,
     producer: AIOKafkaProducer,
     start_worker: WorkerFactory,
@@ -96,7 +102,7 @@ async def test_two_workers_in_one_group_split_partitions_and_sum_exactly(
 
 
 async def test_readyz_is_503_for_a_worker_without_partitions(
-    broker: EmbeddedBroker,
+    broker: Broker,
     new_topic: TopicFactory,
     start_worker: WorkerFactory,
 ) -> None:

@@ -5,14 +5,19 @@ import math
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 
-from consumer.broker import EmbeddedBroker
 from consumer.metrics import ConsumerMetrics
 from consumer.produce import produce
 from consumer.synthetic import BAD_VALUES
-from tests.conftest import TopicFactory, WorkerFactory, eventually, settings_for
+from tests.conftest import Broker, TopicFactory, WorkerFactory, eventually, settings_for
 from tests.corpus import corpus, expected_totals, series_values
 
 pytestmark = pytest.mark.broker
+
+
+@pytest.fixture
+def broker(any_broker: Broker) -> Broker:
+    """Every test here runs on Tansu and on Apache Kafka."""
+    return any_broker
 
 
 def sample(metrics: ConsumerMetrics, name: str, **labels: str) -> float:
@@ -21,7 +26,7 @@ def sample(metrics: ConsumerMetrics, name: str, **labels: str) -> float:
 
 
 async def test_totals_per_workspace_and_project_are_exact(
-    broker: EmbeddedBroker,
+    broker: Broker,
     new_topic: TopicFactory,
     producer: AIOKafkaProducer,
     start_worker: WorkerFactory,
@@ -55,7 +60,7 @@ async def test_totals_per_workspace_and_project_are_exact(
 
 
 async def test_invalid_messages_go_to_the_dead_letter_topic_and_the_worker_keeps_going(
-    broker: EmbeddedBroker,
+    broker: Broker,
     new_topic: TopicFactory,
     producer: AIOKafkaProducer,
     start_worker: WorkerFactory,
@@ -112,7 +117,7 @@ async def test_invalid_messages_go_to_the_dead_letter_topic_and_the_worker_keeps
 
 
 async def test_duplicate_session_ids_are_counted_once(
-    broker: EmbeddedBroker,
+    broker: Broker,
     new_topic: TopicFactory,
     producer: AIOKafkaProducer,
     start_worker: WorkerFactory,
@@ -135,7 +140,7 @@ async def test_duplicate_session_ids_are_counted_once(
 
 
 async def test_tombstones_are_skipped_and_counted(
-    broker: EmbeddedBroker,
+    broker: Broker,
     new_topic: TopicFactory,
     producer: AIOKafkaProducer,
     start_worker: WorkerFactory,

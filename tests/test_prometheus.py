@@ -12,13 +12,20 @@ from pathlib import Path
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from consumer.broker import EmbeddedBroker, free_port
+from consumer.broker import free_port
 from consumer.produce import produce
-from tests.conftest import TopicFactory, WorkerFactory, eventually, settings_for
+from tests.conftest import Broker, TopicFactory, WorkerFactory, eventually, settings_for
 from tests.corpus import corpus, expected_totals
 from tests.promserver import prometheus_server
 
 pytestmark = [pytest.mark.broker, pytest.mark.prometheus]
+
+
+@pytest.fixture
+def broker(any_broker: Broker) -> Broker:
+    """Every test here runs on Tansu and on Apache Kafka."""
+    return any_broker
+
 
 WORKER_PORT = free_port()
 
@@ -60,7 +67,7 @@ def scalar(rows: list[dict[str, object]]) -> float:
 
 
 async def test_promql_sums_match_the_produced_events(
-    broker: EmbeddedBroker,
+    broker: Broker,
     new_topic: TopicFactory,
     producer: AIOKafkaProducer,
     start_worker: WorkerFactory,
@@ -106,7 +113,7 @@ async def test_promql_sums_match_the_produced_events(
 
 
 async def test_promtool_finds_nothing_to_report_on_a_scrape(
-    broker: EmbeddedBroker,
+    broker: Broker,
     new_topic: TopicFactory,
     producer: AIOKafkaProducer,
     start_worker: WorkerFactory,

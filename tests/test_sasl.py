@@ -5,7 +5,8 @@ SASL mechanism, and with it its users live in the in-memory store, which
 `tansu user create` cannot reach without logging in first. So these tests run
 the refusals for real (both kinds: mechanism and credentials), and
 tests/test_settings.py checks that each mechanism and password source reaches
-aiokafka's arguments.
+aiokafka's arguments. Successful logins are tested on Apache Kafka, in
+tests/test_kafka_security.py.
 """
 
 import asyncio
