@@ -55,6 +55,8 @@ def decode(
 ) -> CreateSessionResponseBody | Invalid:
     if len(value) > max_bytes:
         return _too_large(value, max_bytes)
+    if not value.isascii() and (bad := _not_utf8(value)) is not None:
+        return bad
     try:
         event = _DECODER.decode(value)
     except _ERRORS as exc:
@@ -79,6 +81,8 @@ def decode_many(
             tombstones += 1
         elif len(value) > max_bytes:
             invalid.append((position, _too_large(value, max_bytes)))
+        elif not value.isascii() and (bad := _not_utf8(value)) is not None:
+            invalid.append((position, bad))
         else:
             try:
                 append(decode_one(value))
@@ -126,6 +130,16 @@ def _repeated_key(value: bytes) -> Invalid | None:
         return Invalid(Reason.DUPLICATE_KEY, f"key {exc.key!r} appears twice in one object")
     except RecursionError:
         return Invalid(Reason.TOO_DEEP, "JSON nested too deeply")
+    return None
+
+
+def _not_utf8(value: bytes) -> Invalid | None:
+    """Every byte checked, also those of fields msgspec skips without reading (RFC 8259
+    §8.1: JSON between systems is UTF-8). Called only for non-ASCII values: ASCII is UTF-8."""
+    try:
+        value.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return Invalid(Reason.NOT_UTF8, str(exc))
     return None
 
 
