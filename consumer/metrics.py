@@ -31,6 +31,10 @@ from prometheus_client.registry import Collector
 from consumer import __version__
 from consumer.aggregate import Buckets, SeriesKey, Totals
 from consumer.decode import Reason
+from consumer.envelope import Kind
+
+OUTCOMES = ("counted", "duplicate", "invalid", "tombstone", "skipped")
+"""Every record read gets exactly one (skipped: a CloudEvent type not asked for)."""
 
 # `_created` samples double the series count and no dashboard of ours reads them.
 disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -210,6 +214,13 @@ class ConsumerMetrics:
         self.invalid = Counter(
             p + "invalid", "Invalid messages, by reason.", ["reason"], registry=r
         )
+        self.value_format = Counter(
+            p + "value_format",
+            "Records read, by the envelope their value came in (tombstones and "
+            "unreadable envelopes excepted).",
+            ["format"],
+            registry=r,
+        )
         self.dead_lettered = Counter(
             p + "dead_lettered", "Messages produced to the dead-letter topic.", registry=r
         )
@@ -260,10 +271,12 @@ class ConsumerMetrics:
         self.registry.register(_Registered(r))
         self.registry.register(self.business)
         # Every label value exists from the start, so rate() sees the first increase.
-        for outcome in ("counted", "duplicate", "invalid", "tombstone"):
+        for outcome in OUTCOMES:
             self.messages.labels(outcome)
         for reason in Reason:
             self.invalid.labels(reason.value)
+        for kind in Kind:
+            self.value_format.labels(kind.value)
 
     def register_lag(self, read: Callable[[], Iterable[PartitionLag]]) -> None:
         self.operational.register(LagCollector(read))

@@ -22,8 +22,9 @@ from consumer.aggregate import Buckets, aggregate, newest_event_time
 from consumer.deadletter import DeadLetter, Rejected
 from consumer.decode import Decoded, Invalid, decode_many
 from consumer.dedup import DedupWindow
+from consumer.envelope import envelope_of
 from consumer.logs import RateLimit
-from consumer.metrics import ConsumerMetrics, PartitionLag
+from consumer.metrics import OUTCOMES, ConsumerMetrics, PartitionLag
 from consumer.rebalance import CommitOnRevoke
 from consumer.security import client_kwargs, raise_if_refused
 from consumer.settings import Settings
@@ -237,7 +238,7 @@ class Worker:
             "consumer stopped",
             extra={
                 outcome: int(count("session_consumer_messages_total", {"outcome": outcome}) or 0)
-                for outcome in ("counted", "duplicate", "invalid", "tombstone")
+                for outcome in OUTCOMES
             }
             | {"cost": self.metrics.business.grand_total()[1]},
         )
@@ -273,10 +274,13 @@ class Worker:
 
     async def _process(self, batch: dict[TopicPartition, list[ConsumerRecord]]) -> None:
         started = time.perf_counter()
+        records = list(chain.from_iterable(batch.values()))
         decoded = decode_many(
-            [r.value for r in chain.from_iterable(batch.values())],
+            [r.value for r in records],
+            [r.headers for r in records],
             self.settings.max_message_bytes,
             strict_keys=self.settings.reject_duplicate_keys,
+            envelope=envelope_of(self.settings),
         )
         rejected = _rejected(batch, decoded.invalid) if decoded.invalid else []
         dead = await self._send_dead_letters(rejected)
@@ -312,6 +316,9 @@ class Worker:
         m.messages.labels("counted").inc(len(events))
         m.messages.labels("duplicate").inc(len(duplicates))
         m.messages.labels("tombstone").inc(decoded.tombstones)
+        m.messages.labels("skipped").inc(decoded.skipped)
+        for kind, n in decoded.kinds.items():
+            m.value_format.labels(kind.value).inc(n)
         m.messages.labels("invalid").inc(len(rejected))
         m.dead_lettered.inc(dead[0])
         m.dead_letter_failures.inc(dead[1])

@@ -9,7 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from consumer.decode import Invalid, Reason, classify, decode, decode_many
+from consumer.decode import Decoded, Invalid, Reason, classify, decode, decode_many
+from consumer.envelope import is_framed
 from consumer.synthetic import BAD_VALUES, SessionFactory, encode
 from schemas import CreateSessionResponseBody
 
@@ -136,17 +137,31 @@ CASES: list[tuple[str, bytes, Reason, str | None]] = [
 
 def decode_both(value: bytes, max_bytes: int) -> CreateSessionResponseBody | Invalid:
     """decode(value), after checking that decode_many's fast loop (the worker's default
-    path, a separate loop) gives exactly the same result."""
+    path, a separate loop) gives the same result; a value starting with a control byte
+    is a binary frame there (--value-format auto), and must come out as one."""
     single = decode(value, max_bytes)
-    many = decode_many([value], max_bytes)
+    many = decode_many([value], [()], max_bytes)
     assert many.tombstones == 0
-    if isinstance(single, Invalid):
+    if is_framed(value) and len(value) <= max_bytes:
+        check_framed(value, many)
+    elif isinstance(single, Invalid):
         assert many.events == []
         assert many.invalid == [(0, single)]
     else:
         assert many.events == [single]
         assert many.invalid == []
     return single
+
+
+def check_framed(value: bytes, many: Decoded) -> None:
+    if value[0] != 0:
+        assert [why.reason for _, why in many.invalid] == [Reason.UNKNOWN_MAGIC_BYTE]
+    elif len(value) < 5:
+        assert [why.reason for _, why in many.invalid] == [Reason.BAD_ENVELOPE]
+    else:
+        inner = decode(value[5:], 1 << 30)
+        assert many.events == ([] if isinstance(inner, Invalid) else [inner])
+        assert many.invalid == ([(0, inner)] if isinstance(inner, Invalid) else [])
 
 
 @pytest.mark.parametrize(
@@ -172,6 +187,8 @@ def test_every_reason_but_the_fallback_is_produced_by_a_realistic_input() -> Non
     produced.add(decode(deep, MAX_BYTES).reason)  # type: ignore[union-attr]
     repeated = raw().replace(b'"id": ', b'"id": "x", "id": ', 1)
     produced.add(decode(repeated, MAX_BYTES, strict_keys=True).reason)  # type: ignore[union-attr]
+    framed = decode_many([b"\x01" + raw(), b"\x00\x00"], [(), ()], MAX_BYTES)
+    produced |= {why.reason for _, why in framed.invalid}
 
     assert produced == set(Reason) - {Reason.INVALID_VALUE}
 
@@ -509,7 +526,7 @@ def test_strict_keys_accepts_a_body_without_repeats_and_sees_repeats_in_unknown_
 def test_decode_many_with_strict_keys_rejects_only_the_repeating_value() -> None:
     values: list[bytes | None] = [raw(), with_key_twice("id", "x"), None, raw()]
 
-    got = decode_many(values, MAX_BYTES, strict_keys=True)
+    got = decode_many(values, [()] * len(values), MAX_BYTES, strict_keys=True)
 
     assert len(got.events) == 2
     assert got.tombstones == 1

@@ -212,7 +212,7 @@ def reason_on(path: bool, name: str) -> str | None:
 def test_each_invalid_kind_decodes_to_its_reason(name: str, path: bool) -> None:
     value, want = INVALID_KINDS[name][0], reason_on(path, name)
 
-    got = decode_many([value], DEFAULT_LIMIT, strict_keys=path)
+    got = decode_many([value], [()], DEFAULT_LIMIT, strict_keys=path)
 
     assert [i.reason for _, i in got.invalid] == ([want] if want else []), got.invalid
     assert len(got.events) == (0 if want else 1)
@@ -223,7 +223,7 @@ def test_each_invalid_kind_decodes_to_its_reason(name: str, path: bool) -> None:
 )
 @pytest.mark.parametrize("path", [STRICT, DEFAULT], ids=["strict", "default"])
 def test_each_hostile_but_valid_kind_decodes(kind: Accepted, path: bool) -> None:
-    got = decode_many([kind.value], DEFAULT_LIMIT, strict_keys=path)
+    got = decode_many([kind.value], [()], DEFAULT_LIMIT, strict_keys=path)
     assert got.invalid == []
     (result,) = got.events
 
