@@ -32,6 +32,7 @@ from consumer import __version__
 from consumer.aggregate import Buckets, SeriesKey, Totals
 from consumer.decode import Reason
 from consumer.envelope import Kind
+from consumer.fetch import Held
 
 OUTCOMES = ("counted", "duplicate", "invalid", "tombstone", "skipped")
 """Every record read gets exactly one (skipped: a CloudEvent type not asked for)."""
@@ -195,6 +196,32 @@ class LagCollector(Collector):
         )
 
 
+class UnreadableCollector(Collector):
+    """Partitions held on a record batch that cannot be read (consumer/fetch.py), read at
+    scrape time: 1 per held partition, none once it is assigned anew."""
+
+    def __init__(self, read: Callable[[], Iterable[Held]]) -> None:
+        self._read = read
+
+    def describe(self) -> Iterable[GaugeMetricFamily]:
+        return [self._family()]
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = self._family()
+        for held in self._read():
+            family.add_metric([held.topic, str(held.partition), held.reason], 1)
+        yield family
+
+    @staticmethod
+    def _family() -> GaugeMetricFamily:
+        return GaugeMetricFamily(
+            "session_consumer_partition_unreadable",
+            "1 for a partition held at a record batch that cannot be read, by reason "
+            "(corrupt, unsupported_codec, decompression).",
+            labels=["topic", "partition", "reason"],
+        )
+
+
 class ConsumerMetrics:
     """All metrics of one worker, on registries of its own (tests run several workers).
 
@@ -280,6 +307,9 @@ class ConsumerMetrics:
 
     def register_lag(self, read: Callable[[], Iterable[PartitionLag]]) -> None:
         self.operational.register(LagCollector(read))
+
+    def register_unreadable(self, read: Callable[[], Iterable[Held]]) -> None:
+        self.operational.register(UnreadableCollector(read))
 
     def mark_processed(self) -> None:
         self.last_processed.set(time.time())

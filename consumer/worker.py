@@ -23,6 +23,7 @@ from consumer.deadletter import DeadLetter, Rejected
 from consumer.decode import Decoded, Invalid, decode_many
 from consumer.dedup import DedupWindow
 from consumer.envelope import envelope_of
+from consumer.fetch import Fetcher
 from consumer.logs import RateLimit
 from consumer.metrics import OUTCOMES, ConsumerMetrics, PartitionLag
 from consumer.rebalance import CommitOnRevoke
@@ -68,6 +69,8 @@ class Worker:
         self.buckets = buckets
         self.metrics = metrics or ConsumerMetrics(buckets, settings.max_series)
         self.metrics.register_lag(self.partition_lag)
+        self.fetcher = Fetcher(settings.auto_offset_reset)
+        self.metrics.register_unreadable(self.fetcher.unreadable)
         self.dedup = DedupWindow(settings.dedup_window)
         self.batch_lock = asyncio.Lock()
         self.connected = False
@@ -260,8 +263,8 @@ class Worker:
         assert consumer is not None
         while not self._stopping.is_set():
             self.heartbeat = time.monotonic()
-            batch = await consumer.getmany(
-                timeout_ms=500, max_records=self.settings.max_batch_records
+            batch = await self.fetcher.getmany(
+                consumer, timeout_ms=500, max_records=self.settings.max_batch_records
             )
             if batch:
                 # getmany() drained the fetch buffer, which wakes aiokafka's fetch task;
