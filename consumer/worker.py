@@ -52,7 +52,7 @@ class Progress:
     committed: int | None = None
     """Last offset committed by this worker."""
     fetch_position: int | None = None
-    """The consumer's position before anything was processed: for lag only, never committed."""
+    """The consumer's position when last probed (PROBE_INTERVAL): for lag only, never committed."""
 
 
 class Worker:
@@ -108,11 +108,12 @@ class Worker:
             progress, highwater = self._progress.get(tp), self._end_offset(consumer, tp)
             if progress is None or highwater is None:
                 continue
-            position = (
-                progress.position if progress.position is not None else (progress.fetch_position)
-            )
-            if position is None:
+            # The consumer's position can be ahead of the last record processed: past
+            # a transaction's commit marker, a control record no batch ever shows.
+            known = [p for p in (progress.position, progress.fetch_position) if p is not None]
+            if not known:
                 continue
+            position = max(known)
             behind = max(0, highwater - position)
             seconds = None
             if behind == 0:
@@ -405,12 +406,12 @@ class Worker:
 
     async def _learn_positions(self, consumer: AIOKafkaConsumer) -> None:
         # A partition with nothing to read yet has no processed record; its
-        # fetch position still tells the lag (0 once caught up).
+        # fetch position still tells the lag (0 once caught up). So does one whose
+        # last record is followed by a transaction marker, which is never returned.
         for tp in consumer.assignment():
             progress = self._progress.setdefault(tp, Progress())
-            if progress.position is None:
-                with contextlib.suppress(KafkaError, AssertionError, TimeoutError):
-                    progress.fetch_position = await asyncio.wait_for(consumer.position(tp), 1.0)
+            with contextlib.suppress(KafkaError, AssertionError, TimeoutError):
+                progress.fetch_position = await asyncio.wait_for(consumer.position(tp), 1.0)
 
 
 def _rejected(
