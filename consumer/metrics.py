@@ -27,6 +27,7 @@ from prometheus_client.core import (
     Metric,
 )
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from consumer import __version__
 from consumer.aggregate import Buckets, SeriesKey, Totals
@@ -135,8 +136,9 @@ class BusinessMetrics(Collector):
 
 
 def le_labels(bounds: tuple[float, ...]) -> list[str]:
-    """The `le` label values of a histogram's buckets: part of each series' identity."""
-    return [*(repr(float(b)) for b in bounds), "+Inf"]
+    """The `le` label values of a histogram's buckets: part of each series' identity, so
+    spelled as prometheus-client spells them (`1e+06`, not `1000000.0`)."""
+    return [*(str(floatToGoString(b)) for b in bounds), "+Inf"]  # type: ignore[no-untyped-call]
 
 
 def _cumulative(counts: list[int]) -> list[float]:
