@@ -13,13 +13,14 @@ import time
 from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass
 from itertools import chain
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaConnectionError, KafkaError
 from aiokafka.structs import OffsetAndMetadata
 
 from consumer.aggregate import Buckets, aggregate, newest_event_time
-from consumer.deadletter import DeadLetter, Rejected
+from consumer.deadletter import DeadLetter, Rejected, check_topic
 from consumer.decode import Decoded, Invalid, decode_many
 from consumer.dedup import DedupWindow
 from consumer.envelope import envelope_of
@@ -208,27 +209,36 @@ class Worker:
                 delay = min(delay * 2, 30.0)
                 continue
             self._consumer = consumer
+            if s.dlq_topic:
+                # Before subscribing: a consumer not yet joining its group stops at once.
+                await self._start_dead_letter(s.dlq_topic, kwargs)
             self.heartbeat = time.monotonic()
             consumer.subscribe(list(s.topic), listener=CommitOnRevoke(self))
             self.connected = True
-            if s.dlq_topic:
-                self._producer = AIOKafkaProducer(
-                    acks="all",
-                    enable_idempotence=False,
-                    # An oversized record (too_large) must still fit in its dead-letter copy;
-                    # the dead-letter topic's own limit has the last word (then it is a
-                    # counted dead-letter failure).
-                    max_request_size=DLQ_MAX_REQUEST_BYTES,
-                    **kwargs,
-                )
-                await self._producer.start()
-                self._dead_letter = DeadLetter(self._producer, s.dlq_topic)
             log.info(
                 "consumer started",
                 extra={"topics": list(s.topic), "group_id": s.group_id, "dlq_topic": s.dlq_topic},
             )
             return True
         return False
+
+    async def _start_dead_letter(self, topic: str, kwargs: dict[str, Any]) -> None:
+        self._producer = AIOKafkaProducer(
+            acks="all",
+            enable_idempotence=False,
+            # An oversized record (too_large) must still fit in its dead-letter copy;
+            # the dead-letter topic's own limit has the last word (then it is a
+            # counted dead-letter failure).
+            max_request_size=DLQ_MAX_REQUEST_BYTES,
+            **kwargs,
+        )
+        try:
+            await self._producer.start()
+            await check_topic(self._producer, topic)
+        except BaseException:
+            await self._close()  # the consumer is started: stop it, not leak it
+            raise
+        self._dead_letter = DeadLetter(self._producer, topic)
 
     async def _close(self) -> None:
         for client in (self._consumer, self._producer):
