@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 import cramjam
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
-from aiokafka.errors import CorruptRecordException, UnsupportedCodecError
+from aiokafka.errors import CorruptRecordException, KafkaError, UnsupportedCodecError
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +118,16 @@ class Fetcher:
         return records
 
     async def _rewind(self, consumer: AIOKafkaConsumer, tp: TopicPartition) -> None:
-        committed = await consumer.committed(tp)
+        try:
+            committed = await consumer.committed(tp)
+        except KafkaError as exc:
+            # Left where it is: what the failed call had taken from it is redelivered
+            # after the next restart or rebalance, as anything uncommitted is.
+            log.warning(
+                "cannot read the committed offset to rewind",
+                extra={"topic": tp.topic, "partition": tp.partition, "error": repr(exc)},
+            )
+            return
         if committed is not None:
             consumer.seek(tp, committed)
         elif self.auto_offset_reset == "earliest":

@@ -11,6 +11,8 @@ from typing import Any
 import pytest
 from cloudevents.core.bindings.kafka import KafkaMessage, to_binary_event, to_structured_event
 from cloudevents.core.v1.event import CloudEvent
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from consumer.decode import Decoded, Reason, decode_many
 from consumer.envelope import Envelope, Format, Headers, Kind
@@ -227,3 +229,38 @@ def test_a_mixed_batch_keeps_positions_and_counts_each_kind() -> None:
         Kind.CLOUDEVENTS_STRUCTURED: 1,
         Kind.CLOUDEVENTS_BINARY: 1,
     }
+
+
+# --- property: any value under any envelope header gets exactly one outcome -----------------
+
+HEADER_SETS: list[Headers] = [
+    (),
+    [("traceparent", b"00-1-2-01")],
+    STRUCTURED,
+    [("ce_specversion", b"1.0"), ("ce_type", TYPE.encode())],
+    [("ce_specversion", b"1.0"), ("ce_type", b"other")],
+    [("__value_schema_id", b"\x01" + bytes(16))],
+    [("content-type", b"\xff\xfe")],
+]
+
+
+@settings(max_examples=400)
+@given(
+    value=st.one_of(
+        st.binary(max_size=200),
+        st.builds(confluent, st.binary(max_size=200)),
+        st.just(raw()),
+        st.just(confluent(raw())),
+    ),
+    headers=st.sampled_from(HEADER_SETS),
+    fmt=st.sampled_from(list(Format)),
+)
+def test_any_value_under_any_envelope_gets_exactly_one_outcome(
+    value: bytes, headers: Headers, fmt: Format
+) -> None:
+    got = one(value, headers, fmt, cloudevents_types=frozenset({TYPE}))
+
+    assert len(got.events) + len(got.invalid) + got.skipped == 1
+    for _, why in got.invalid:
+        assert why.reason in set(Reason)
+        assert why.detail
