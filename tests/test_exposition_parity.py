@@ -12,6 +12,7 @@ import msgspec
 import pytest
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.exposition import generate_latest
+from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 from prometheus_client.utils import floatToGoString
 
 from consumer.aggregate import Buckets, aggregate
@@ -24,6 +25,8 @@ from consumer.settings import (
 )
 from consumer.synthetic import SessionFactory
 from schemas import CreateSessionBilling, CreateSessionResponseBody, CreateSessionSessionsUsage
+
+OPENMETRICS = "application/openmetrics-text; version=1.0.0"
 
 
 def bounds(text: str) -> tuple[float, ...]:
@@ -60,7 +63,7 @@ def events(count: int) -> list[CreateSessionResponseBody]:
     return out
 
 
-def independent(sessions: list[CreateSessionResponseBody]) -> bytes:
+def independent(sessions: list[CreateSessionResponseBody], openmetrics: bool = False) -> bytes:
     """prometheus-client's text for `sessions`, through its own metric objects."""
     registry = CollectorRegistry()
     counters = {
@@ -89,34 +92,38 @@ def independent(sessions: list[CreateSessionResponseBody]) -> bytes:
         histograms["llm_session_duration_seconds"].labels(*labels).observe(e.duration / 1000)
         histograms["llm_session_tokens_per_session"].labels(*labels).observe(e.usage.total_tokens)
         histograms["llm_session_cost_per_session"].labels(*labels).observe(e.billing.total_cost)
-    return generate_latest(registry)
+    return (generate_openmetrics if openmetrics else generate_latest)(registry)
 
 
 def families(text: bytes) -> dict[str, tuple[bytes, list[bytes]]]:
     """Each family by the name on its HELP line: (its HELP and TYPE lines, its sample
     lines sorted; series order within a family carries no meaning)."""
     out: dict[str, tuple[bytes, list[bytes]]] = {}
-    for block in text.split(b"# HELP ")[1:]:
+    for block in text.removesuffix(b"# EOF\n").split(b"# HELP ")[1:]:
         help_line, type_line, *lines = block.splitlines(keepends=True)
         out[help_line.split(b" ", 1)[0].decode()] = (help_line + type_line, sorted(lines))
     return out
 
 
-def ours(sessions: list[CreateSessionResponseBody], batches: int) -> bytes:
+def ours(sessions: list[CreateSessionResponseBody], batches: int, openmetrics: bool) -> bytes:
     metrics = ConsumerMetrics(BUCKETS, 1000)
     size = math.ceil(len(sessions) / batches)
     for start in range(0, len(sessions), size):
         metrics.business.apply(aggregate(sessions[start : start + size], BUCKETS))
-    chunks, _ = render(CollectorRegistry(), BusinessText(metrics.business), "", [])
+    accept = OPENMETRICS if openmetrics else ""
+    chunks, _ = render(CollectorRegistry(), BusinessText(metrics.business), accept, [])
     return b"".join(chunks)
 
 
+@pytest.mark.parametrize("openmetrics", [False, True], ids=["text", "openmetrics"])
 @pytest.mark.parametrize("batches", [1, 7])
-def test_business_text_is_byte_identical_to_prometheus_clients_own_metrics(batches: int) -> None:
+def test_business_text_is_byte_identical_to_prometheus_clients_own_metrics(
+    batches: int, openmetrics: bool
+) -> None:
     sessions = events(200)
-    want = families(independent(sessions))
+    want = families(independent(sessions, openmetrics))
 
-    got = families(ours(sessions, batches))
+    got = families(ours(sessions, batches, openmetrics))
 
     assert set(got) == set(want)
     for name, block in want.items():
