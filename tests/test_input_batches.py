@@ -1,12 +1,16 @@
 """Batches as real producers and broken ones leave them: every codec librdkafka writes, and
 record batches nobody can read, which hold their partition while the others flow."""
 
+import gzip
 import math
 
+import cramjam
 import pytest
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import CorruptRecordException, UnsupportedCodecError
 
 from consumer.broker import EmbeddedBroker
+from consumer.fetch import UNREADABLE, reason_of
 from consumer.metrics import ConsumerMetrics
 from consumer.synthetic import SessionFactory, encode
 from schemas import CreateSessionResponseBody
@@ -112,3 +116,18 @@ async def test_an_unreadable_batch_holds_its_partition_and_the_others_keep_flowi
     await producer.flush()
     await eventually(lambda: run.counted() >= len(readable) + len(more))
     assert run.counted() == len(readable) + len(more)
+
+
+@pytest.mark.parametrize(
+    ("error", "reason"),
+    [
+        (CorruptRecordException("Invalid CRC"), "corrupt"),
+        # Not producible here: Tansu refuses a batch with an unknown codec id at produce.
+        (UnsupportedCodecError("Unknown compression codec 0x07"), "unsupported_codec"),
+        (cramjam.DecompressionError("lz4: ERROR_frameType_unknown"), "decompression"),
+        (gzip.BadGzipFile("Not a gzipped file"), "decompression"),
+    ],
+)
+def test_each_unreadable_error_is_held_with_its_reason(error: BaseException, reason: str) -> None:
+    assert isinstance(error, UNREADABLE)
+    assert reason_of(error) == reason
