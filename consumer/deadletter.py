@@ -27,14 +27,36 @@ def dlq_headers(r: Rejected) -> list[tuple[str, bytes]]:
     ]
 
 
+class DeadLetterTopicError(KafkaError):  # type: ignore[misc]  # aiokafka has no type hints
+    """The dead-letter topic cannot be written; str() is the one line shown to the user."""
+
+
+async def check_topic(producer: AIOKafkaProducer, topic: str) -> None:
+    """Raise DeadLetterTopicError if `topic` is missing or we may not see it, at start-up:
+    found later, every invalid record would wait for it (aiokafka's request timeout).
+
+    All-topics metadata, so that asking does not auto-create the topic on brokers that
+    would; a broker that denies writes but allows describing is only found at a send.
+    """
+    metadata = await producer.client.fetch_all_metadata()
+    where = "--dlq-topic / SESSION_METRICS_DLQ_TOPIC"
+    if topic in metadata.unauthorized_topics:
+        raise DeadLetterTopicError(f"{where}: not authorized for topic {topic!r}")
+    if topic not in metadata.topics():
+        raise DeadLetterTopicError(f"{where}: topic {topic!r} does not exist; create it first")
+
+
 class DeadLetter:
     def __init__(self, producer: AIOKafkaProducer, topic: str) -> None:
         self._producer = producer
         self.topic = topic
 
     async def send_all(self, rejected: list[Rejected]) -> tuple[int, int]:
-        """Produce every rejected message and wait for the acks; returns (sent, failed)."""
-        futures = [await self._send(r) for r in rejected]
+        """Produce every rejected message and wait for the acks; returns (sent, failed).
+
+        Queued all at once: send() itself can wait (for metadata, up to the request
+        timeout), and one after another those waits would add up per record."""
+        futures = await asyncio.gather(*(self._send(r) for r in rejected))
         results = await asyncio.gather(*futures, return_exceptions=True)
         failed = 0
         for r, result in zip(rejected, results, strict=True):

@@ -5,12 +5,25 @@ set because they become label values of `session_consumer_invalid_total`.
 """
 
 import json
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Final
 
 import msgspec
 
+from consumer.envelope import (
+    Envelope,
+    EnvelopeError,
+    Format,
+    Headers,
+    Kind,
+    NotUtf8,
+    UnknownMagicByte,
+    is_framed,
+    unwrap,
+)
 from schemas import CreateSessionResponseBody
 
 
@@ -27,6 +40,10 @@ class Reason(StrEnum):
     INVALID_VALUE = "invalid_value"
     DUPLICATE_KEY = "duplicate_key"
     """Only with --reject-duplicate-keys: msgspec, like JSON.parse, keeps the last."""
+    UNKNOWN_MAGIC_BYTE = "unknown_magic_byte"
+    """A binary frame that is not Confluent's (magic byte 0)."""
+    BAD_ENVELOPE = "bad_envelope"
+    """A Confluent frame too short, a CloudEvent without data, or not the required format."""
 
 
 class Invalid(msgspec.Struct, frozen=True):
@@ -37,6 +54,7 @@ class Invalid(msgspec.Struct, frozen=True):
 
 _DECODER: Final = msgspec.json.Decoder(CreateSessionResponseBody)
 _ERRORS: Final = (msgspec.DecodeError, UnicodeDecodeError, RecursionError)
+DEFAULT_ENVELOPE: Final = Envelope()
 
 
 @dataclass(slots=True)
@@ -48,6 +66,10 @@ class Decoded:
     """(position in the input, why) of each value that is not an event."""
     tombstones: int
     """None values: Kafka's deletion markers, not events and not invalid."""
+    skipped: int = 0
+    """CloudEvents of a type --cloudevents-type does not name: read, not counted."""
+    kinds: Counter[Kind] = field(default_factory=Counter)
+    """Records per envelope kind, tombstones and unreadable envelopes excepted."""
 
 
 def decode(
@@ -55,6 +77,12 @@ def decode(
 ) -> CreateSessionResponseBody | Invalid:
     if len(value) > max_bytes:
         return _too_large(value, max_bytes)
+    return _decode_body(value, strict_keys)
+
+
+def _decode_body(value: bytes, strict_keys: bool) -> CreateSessionResponseBody | Invalid:
+    if not value.isascii() and (bad := _not_utf8(value)) is not None:
+        return bad
     try:
         event = _DECODER.decode(value)
     except _ERRORS as exc:
@@ -65,42 +93,117 @@ def decode(
 
 
 def decode_many(
-    values: list[bytes | None], max_bytes: int, *, strict_keys: bool = False
+    values: list[bytes | None],
+    headers: Sequence[Headers],
+    max_bytes: int,
+    *,
+    strict_keys: bool = False,
+    envelope: Envelope = DEFAULT_ENVELOPE,
 ) -> Decoded:
-    """`decode` over a batch, in one tight loop: this is the per-record hot path."""
-    if strict_keys:
-        return _decode_each(values, max_bytes)
-    events: list[CreateSessionResponseBody] = []
-    invalid: list[tuple[int, Invalid]] = []
-    tombstones = 0
-    append, decode_one = events.append, _DECODER.decode
+    """`decode` over a batch, each value unwrapped from its envelope (`headers[i]` are
+    value i's Kafka headers). This is the per-record hot path: plain JSON without
+    headers takes one tight loop, and only what fails there is looked at again."""
+    if strict_keys or envelope.format not in {Format.AUTO, Format.JSON}:
+        return _decode_each(values, headers, max_bytes, strict_keys, envelope)
+    out = Decoded([], [], 0)
+    again = _plain(out, values, headers, max_bytes, unwrap=envelope.format is Format.AUTO)
+    out.kinds[Kind.JSON] = len(values) - out.tombstones - len(again)
+    reader = _Reader(out, max_bytes, False, envelope)
+    for position in again:
+        reader.add(position, values[position] or b"", headers[position])
+    return out
+
+
+def _plain(
+    out: Decoded,
+    values: list[bytes | None],
+    headers: Sequence[Headers],
+    max_bytes: int,
+    *,
+    unwrap: bool,
+) -> list[int]:
+    """The fast loop: each value as plain JSON into `out`; returns the positions to
+    unwrap from an envelope (with headers, or a binary frame) when `unwrap`."""
+    again: list[int] = []
+    with_headers = unwrap and any(headers)
+
+    def reject(position: int, value: bytes, why: Invalid) -> None:
+        # A binary frame is never plain JSON (nor, with its schema id, always UTF-8):
+        # unwrap it only once it failed, so plain JSON pays nothing for the envelope.
+        if unwrap and is_framed(value):
+            again.append(position)
+        else:
+            out.invalid.append((position, why))
+
+    append, decode_one = out.events.append, _DECODER.decode
     for position, value in enumerate(values):
         if value is None:
-            tombstones += 1
+            out.tombstones += 1
+        elif with_headers and headers[position]:
+            again.append(position)
         elif len(value) > max_bytes:
-            invalid.append((position, _too_large(value, max_bytes)))
+            out.invalid.append((position, _too_large(value, max_bytes)))
+        elif not value.isascii() and (bad := _not_utf8(value)) is not None:
+            reject(position, value, bad)
         else:
             try:
                 append(decode_one(value))
             except _ERRORS as exc:
-                invalid.append((position, _invalid(exc)))
-    return Decoded(events, invalid, tombstones)
+                reject(position, value, _invalid(exc))
+    return again
 
 
-def _decode_each(values: list[bytes | None], max_bytes: int) -> Decoded:
-    events: list[CreateSessionResponseBody] = []
-    invalid: list[tuple[int, Invalid]] = []
-    tombstones = 0
+def _decode_each(
+    values: list[bytes | None],
+    headers: Sequence[Headers],
+    max_bytes: int,
+    strict_keys: bool,
+    envelope: Envelope,
+) -> Decoded:
+    reader = _Reader(Decoded([], [], 0), max_bytes, strict_keys, envelope)
     for position, value in enumerate(values):
         if value is None:
-            tombstones += 1
-            continue
-        result = decode(value, max_bytes, strict_keys=True)
-        if isinstance(result, Invalid):
-            invalid.append((position, result))
+            reader.out.tombstones += 1
         else:
-            events.append(result)
-    return Decoded(events, invalid, tombstones)
+            reader.add(position, value, headers[position])
+    return reader.out
+
+
+@dataclass(slots=True)
+class _Reader:
+    """Unwraps and decodes one value at a time into `out`: the path off the fast loop."""
+
+    out: Decoded
+    max_bytes: int
+    strict_keys: bool
+    envelope: Envelope
+
+    def add(self, position: int, value: bytes, headers: Headers) -> None:
+        out = self.out
+        if len(value) > self.max_bytes:
+            out.invalid.append((position, _too_large(value, self.max_bytes)))
+            return
+        try:
+            body = unwrap(value, headers, self.envelope)
+        except EnvelopeError as exc:
+            out.invalid.append((position, _unreadable(exc)))
+            return
+        out.kinds[body.kind] += 1
+        result = _decode_body(body.value, self.strict_keys)
+        if isinstance(result, Invalid):
+            out.invalid.append((position, result))
+        elif body.skip:
+            out.skipped += 1
+        else:
+            out.events.append(result)
+
+
+def _unreadable(exc: EnvelopeError) -> Invalid:
+    if isinstance(exc, UnknownMagicByte):
+        return Invalid(Reason.UNKNOWN_MAGIC_BYTE, str(exc))
+    if isinstance(exc, NotUtf8):
+        return Invalid(Reason.NOT_UTF8, str(exc))
+    return Invalid(Reason.BAD_ENVELOPE, str(exc))
 
 
 class _Repeated(Exception):
@@ -126,6 +229,16 @@ def _repeated_key(value: bytes) -> Invalid | None:
         return Invalid(Reason.DUPLICATE_KEY, f"key {exc.key!r} appears twice in one object")
     except RecursionError:
         return Invalid(Reason.TOO_DEEP, "JSON nested too deeply")
+    return None
+
+
+def _not_utf8(value: bytes) -> Invalid | None:
+    """Every byte checked, also those of fields msgspec skips without reading (RFC 8259
+    §8.1: JSON between systems is UTF-8). Called only for non-ASCII values: ASCII is UTF-8."""
+    try:
+        value.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return Invalid(Reason.NOT_UTF8, str(exc))
     return None
 
 

@@ -77,11 +77,11 @@ class BusinessText:
         ):
             counts = list(accumulate(getattr(t, buckets)))
             text = "".join(
-                [f"{p}{labels}}} {n}.0\n" for p, n in zip(prefixes, counts, strict=True)]
+                [f"{p}{labels}}} {_count(n)}\n" for p, n in zip(prefixes, counts, strict=True)]
             )
             out.append(
                 (
-                    f"{text}{name}_count{{{labels}}} {counts[-1]}.0\n"
+                    f"{text}{name}_count{{{labels}}} {_count(counts[-1])}\n"
                     f"{name}_sum{{{labels}}} {_number(getattr(t, total))}\n"
                 ).encode()
             )
@@ -119,10 +119,18 @@ def _number(value: float) -> str:
     # floatToGoString (what prometheus-client prints) switches to Go's exponent form from
     # 1e6 and spells infinities; below that it is repr.
     if isinstance(value, int):
-        return f"{value}.0"
+        return _count(value)
     if 0.0 <= value < 1e6:  # repr is exactly what floatToGoString gives here, and faster
         return repr(value)
     text: str = floatToGoString(value)  # type: ignore[no-untyped-call]
+    return text
+
+
+def _count(n: int) -> str:
+    """A whole number as prometheus-client prints it (as a float: `3.0`, `1e+06`)."""
+    if 0 <= n < 1_000_000:
+        return f"{n}.0"
+    text: str = floatToGoString(float(n))  # type: ignore[no-untyped-call]
     return text
 
 

@@ -27,10 +27,16 @@ from prometheus_client.core import (
     Metric,
 )
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from consumer import __version__
 from consumer.aggregate import Buckets, SeriesKey, Totals
 from consumer.decode import Reason
+from consumer.envelope import Kind
+from consumer.fetch import Held
+
+OUTCOMES = ("counted", "duplicate", "invalid", "tombstone", "skipped")
+"""Every record read gets exactly one (skipped: a CloudEvent type not asked for)."""
 
 # `_created` samples double the series count and no dashboard of ours reads them.
 disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -141,8 +147,9 @@ class BusinessMetrics(Collector):
 
 
 def le_labels(bounds: tuple[float, ...]) -> list[str]:
-    """The `le` label values of a histogram's buckets: part of each series' identity."""
-    return [*(repr(float(b)) for b in bounds), "+Inf"]
+    """The `le` label values of a histogram's buckets: part of each series' identity, so
+    spelled as prometheus-client spells them (`1e+06`, not `1000000.0`)."""
+    return [*(str(floatToGoString(b)) for b in bounds), "+Inf"]  # type: ignore[no-untyped-call]
 
 
 def _cumulative(counts: list[int]) -> list[float]:
@@ -237,6 +244,32 @@ class LagCollector(Collector):
         )
 
 
+class UnreadableCollector(Collector):
+    """Partitions held on a record batch that cannot be read (consumer/fetch.py), read at
+    scrape time: 1 per held partition, none once it is assigned anew."""
+
+    def __init__(self, read: Callable[[], Iterable[Held]]) -> None:
+        self._read = read
+
+    def describe(self) -> Iterable[GaugeMetricFamily]:
+        return [self._family()]
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = self._family()
+        for held in self._read():
+            family.add_metric([held.topic, str(held.partition), held.reason], 1)
+        yield family
+
+    @staticmethod
+    def _family() -> GaugeMetricFamily:
+        return GaugeMetricFamily(
+            "session_consumer_partition_unreadable",
+            "1 for a partition held at a record batch that cannot be read, by reason "
+            "(corrupt, unsupported_codec, decompression).",
+            labels=["topic", "partition", "reason"],
+        )
+
+
 class ConsumerMetrics:
     """All metrics of one worker, on registries of its own (tests run several workers).
 
@@ -255,6 +288,13 @@ class ConsumerMetrics:
         )
         self.invalid = Counter(
             p + "invalid", "Invalid messages, by reason.", ["reason"], registry=r
+        )
+        self.value_format = Counter(
+            p + "value_format",
+            "Records read, by the envelope their value came in (tombstones and "
+            "unreadable envelopes excepted).",
+            ["format"],
+            registry=r,
         )
         self.dead_lettered = Counter(
             p + "dead_lettered", "Messages produced to the dead-letter topic.", registry=r
@@ -312,16 +352,21 @@ class ConsumerMetrics:
         self.registry.register(_Registered(r))
         self.registry.register(self.business)
         # Every label value exists from the start, so rate() sees the first increase.
-        for outcome in ("counted", "duplicate", "invalid", "tombstone"):
+        for outcome in OUTCOMES:
             self.messages.labels(outcome)
         for reason in Reason:
             self.invalid.labels(reason.value)
+        for kind in Kind:
+            self.value_format.labels(kind.value)
 
     def register_lag(self, read: Callable[[], Iterable[PartitionLag]]) -> None:
         self.operational.register(LagCollector(read))
 
     def register_scrape_state(self, read: Callable[[], ScrapeState]) -> None:
         self.operational.register(ScrapeStateCollector(read))
+
+    def register_unreadable(self, read: Callable[[], Iterable[Held]]) -> None:
+        self.operational.register(UnreadableCollector(read))
 
     def mark_processed(self) -> None:
         self.last_processed.set(time.time())

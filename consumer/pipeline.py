@@ -6,13 +6,15 @@ their own (consumer/ledger.py): a partition handed to another worker before a
 scrape showed its counts is counted again by its next owner.
 """
 
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from consumer.aggregate import Buckets, SeriesKey, Totals, aggregate, newest_event_time
-from consumer.decode import Decoded, Invalid, decode_many
+from consumer.decode import DEFAULT_ENVELOPE, Decoded, Invalid, decode_many
 from consumer.dedup import DedupWindow
+from consumer.envelope import Envelope, Kind
 
 Partition = tuple[str, int]
 """(topic, partition); aiokafka's TopicPartition is one."""
@@ -69,6 +71,7 @@ class Counted:
     counted: int
     duplicates: int
     tombstones: int
+    skipped: int
 
 
 @dataclass(slots=True)
@@ -76,17 +79,29 @@ class BatchResult:
     partitions: dict[Partition, Counted]
     newest_event: float | None
     """Newest updatedAt (else startedAt) of a counted event, as a Unix time."""
+    kinds: Counter[Kind] = field(default_factory=Counter)
+    """Records per envelope kind."""
 
     def total(self, field: str) -> int:
         return sum(getattr(c, field) for c in self.partitions.values())
 
 
 def decode_batch(
-    batch: Mapping[Partition, Sequence[Record]], max_bytes: int, *, strict_keys: bool = False
+    batch: Mapping[Partition, Sequence[Record]],
+    max_bytes: int,
+    *,
+    strict_keys: bool = False,
+    envelope: Envelope = DEFAULT_ENVELOPE,
 ) -> DecodedBatch:
     partitions, rejected = {}, []
     for tp, records in batch.items():
-        decoded = decode_many([r.value for r in records], max_bytes, strict_keys=strict_keys)
+        decoded = decode_many(
+            [r.value for r in records],
+            [r.headers for r in records],
+            max_bytes,
+            strict_keys=strict_keys,
+            envelope=envelope,
+        )
         partitions[tp] = (records, decoded)
         rejected.extend(_rejected(records, decoded.invalid))
     return DecodedBatch(partitions, rejected)
@@ -99,8 +114,9 @@ def count(
     admit: Callable[[SeriesKey, int], SeriesKey],
 ) -> BatchResult:
     """Dedup and aggregate each partition's events (duplicates across partitions too)."""
-    out, newest = {}, None
+    out, newest, kinds = {}, None, Counter[Kind]()
     for tp, (records, d) in decoded.partitions.items():
+        kinds.update(d.kinds)
         events = d.events
         duplicates, remembered = dedup.admit([e.id for e in events])
         if duplicates:
@@ -118,8 +134,9 @@ def count(
             counted=len(events),
             duplicates=len(duplicates),
             tombstones=d.tombstones,
+            skipped=d.skipped,
         )
-    return BatchResult(out, newest)
+    return BatchResult(out, newest, kinds)
 
 
 def _rejected(records: Sequence[Record], invalid: list[tuple[int, Invalid]]) -> list[Rejected]:

@@ -115,6 +115,13 @@ def _topics(raw: str) -> tuple[str, ...]:
     return names
 
 
+def _names(raw: str) -> frozenset[str]:
+    names = frozenset(n.strip() for n in raw.split(",") if n.strip())
+    if not names:
+        raise ValueError("must name at least one type")
+    return names
+
+
 def _topic(raw: str) -> str:
     return _check_topic_name(raw.strip())
 
@@ -236,6 +243,18 @@ RUN_OPTIONS: tuple[Option, ...] = (
         "with --commit-after scrape: commit anyway after this long without a served "
         "scrape (0 = never)",
     ),
+    Option(
+        "value_format",
+        _choice("auto", "json", "confluent-json", "cloudevents"),
+        "auto",
+        "envelope of the values: auto decides per record (docs/input.md)",
+    ),
+    Option(
+        "cloudevents_type",
+        _names,
+        None,
+        "count only CloudEvents of these types, comma-separated (others: outcome skipped)",
+    ),
     Option("dlq_topic", _topic, None, "dead-letter topic for invalid messages (off when unset)"),
     Option("metrics_host", _text, "0.0.0.0", "address the HTTP server binds"),
     Option("metrics_port", _int_range(0, 65535), "8000", "port of /metrics, /healthz, /readyz"),
@@ -329,6 +348,8 @@ class Settings:
     isolation_level: str
     commit_after: str
     max_unscraped_seconds: float
+    value_format: str
+    cloudevents_type: frozenset[str] | None
     dlq_topic: str | None
     metrics_host: str
     metrics_port: int

@@ -12,16 +12,19 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Iterable
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaConnectionError, KafkaError
 
 from consumer.aggregate import Buckets
-from consumer.deadletter import DeadLetter
+from consumer.deadletter import DeadLetter, check_topic
 from consumer.dedup import DedupWindow
+from consumer.envelope import envelope_of
+from consumer.fetch import Fetcher
 from consumer.ledger import Fold, Ledger
 from consumer.logs import RateLimit
-from consumer.metrics import ConsumerMetrics, PartitionLag, ScrapeState
+from consumer.metrics import OUTCOMES, ConsumerMetrics, PartitionLag, ScrapeState
 from consumer.offsets import Committer
 from consumer.pipeline import BatchResult, Rejected, count, decode_batch
 from consumer.rebalance import HandOver
@@ -59,6 +62,8 @@ class Worker:
             self.metrics.business.apply, self.dedup.forget, on_settled=self._scrapes_settled
         )
         self.metrics.register_lag(self.partition_lag)
+        self.fetcher = Fetcher(settings.auto_offset_reset, self._processed_position)
+        self.metrics.register_unreadable(self.fetcher.unreadable)
         self.metrics.register_scrape_state(self.scrape_state)
         self.batch_lock = asyncio.Lock()
         self.connected = False
@@ -102,6 +107,10 @@ class Worker:
     def abandoned(self, fold: Fold) -> None:
         """That scrape's response never got out whole."""
         self.ledger.abandoned(fold)
+
+    def _processed_position(self, tp: TopicPartition) -> int | None:
+        """Where processing of `tp` stands (None: nothing processed since its assignment)."""
+        return self.ledger.state(tp).processed if tp in self.ledger else None
 
     def _scrapes_settled(self) -> None:
         if self._committer is not None:
@@ -232,30 +241,39 @@ class Worker:
                 continue
             self._consumer = consumer
             self._committer = Committer(consumer, self.ledger, self.metrics)
+            if s.dlq_topic:
+                # Before subscribing: a consumer not yet joining its group stops at once.
+                await self._start_dead_letter(s.dlq_topic, kwargs)
             self.heartbeat = time.monotonic()
             listener = HandOver(
                 self.ledger, self._committer, self.batch_lock, self.metrics, s.group_id
             )
             consumer.subscribe(list(s.topic), listener=listener)
             self.connected = True
-            if s.dlq_topic:
-                self._producer = AIOKafkaProducer(
-                    acks="all",
-                    enable_idempotence=False,
-                    # An oversized record (too_large) must still fit in its dead-letter copy;
-                    # the dead-letter topic's own limit has the last word (then it is a
-                    # counted dead-letter failure).
-                    max_request_size=DLQ_MAX_REQUEST_BYTES,
-                    **kwargs,
-                )
-                await self._producer.start()
-                self._dead_letter = DeadLetter(self._producer, s.dlq_topic)
             log.info(
                 "consumer started",
                 extra={"topics": list(s.topic), "group_id": s.group_id, "dlq_topic": s.dlq_topic},
             )
             return True
         return False
+
+    async def _start_dead_letter(self, topic: str, kwargs: dict[str, Any]) -> None:
+        self._producer = AIOKafkaProducer(
+            acks="all",
+            enable_idempotence=False,
+            # An oversized record (too_large) must still fit in its dead-letter copy;
+            # the dead-letter topic's own limit has the last word (then it is a
+            # counted dead-letter failure).
+            max_request_size=DLQ_MAX_REQUEST_BYTES,
+            **kwargs,
+        )
+        try:
+            await self._producer.start()
+            await check_topic(self._producer, topic)
+        except BaseException:
+            await self._close()  # the consumer is started: stop it, not leak it
+            raise
+        self._dead_letter = DeadLetter(self._producer, topic)
 
     async def _close(self) -> None:
         pending = self.ledger.pending_records()
@@ -270,7 +288,7 @@ class Worker:
             "consumer stopped",
             extra={
                 outcome: int(count("session_consumer_messages_total", {"outcome": outcome}) or 0)
-                for outcome in ("counted", "duplicate", "invalid", "tombstone")
+                for outcome in OUTCOMES
             }
             | {
                 "cost": self.metrics.business.grand_total()[1],
@@ -295,8 +313,8 @@ class Worker:
         assert consumer is not None
         while not self._stopping.is_set():
             self.heartbeat = time.monotonic()
-            batch = await consumer.getmany(
-                timeout_ms=500, max_records=self.settings.max_batch_records
+            batch = await self.fetcher.getmany(
+                consumer, timeout_ms=500, max_records=self.settings.max_batch_records
             )
             if not batch:
                 continue
@@ -329,7 +347,9 @@ class Worker:
     async def _process(self, batch: Batch) -> None:
         started = time.perf_counter()
         s = self.settings
-        decoded = decode_batch(batch, s.max_message_bytes, strict_keys=s.reject_duplicate_keys)
+        decoded = decode_batch(
+            batch, s.max_message_bytes, strict_keys=s.reject_duplicate_keys, envelope=envelope_of(s)
+        )
         dead = await self._send_dead_letters(decoded.rejected)
         # From here on nothing awaits: the batch lands in the ledger whole.
         result = count(decoded, self.dedup, self.buckets, self.metrics.business.admit)
@@ -362,6 +382,9 @@ class Worker:
         m.messages.labels("counted").inc(result.total("counted"))
         m.messages.labels("duplicate").inc(result.total("duplicates"))
         m.messages.labels("tombstone").inc(result.total("tombstones"))
+        m.messages.labels("skipped").inc(result.total("skipped"))
+        for kind, n in result.kinds.items():
+            m.value_format.labels(kind.value).inc(n)
         m.messages.labels("invalid").inc(len(rejected))
         m.dead_lettered.inc(dead[0])
         m.dead_letter_failures.inc(dead[1])

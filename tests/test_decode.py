@@ -9,7 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from consumer.decode import Invalid, Reason, classify, decode, decode_many
+from consumer.decode import Decoded, Invalid, Reason, classify, decode, decode_many
+from consumer.envelope import is_framed
 from consumer.synthetic import BAD_VALUES, SessionFactory, encode
 from schemas import CreateSessionResponseBody
 
@@ -66,7 +67,32 @@ CASES: list[tuple[str, bytes, Reason, str | None]] = [
     ("infinity-literal", valid_with_duration_literal(b"Infinity"), Reason.MALFORMED_JSON, None),
     ("minus-infinity", valid_with_duration_literal(b"-Infinity"), Reason.MALFORMED_JSON, None),
     ("bom-prefix", b"\xef\xbb\xbf" + raw(), Reason.MALFORMED_JSON, None),
-    ("invalid-utf8-outside-string", b"\xff" + raw(), Reason.MALFORMED_JSON, None),
+    ("invalid-utf8-outside-string", b"\xff" + raw(), Reason.NOT_UTF8, None),
+    # msgspec skips unknown fields without reading their bytes: only our own check sees these.
+    (
+        "invalid-utf8-in-ignored-field",
+        raw(extra="X").replace(b'"X"', b'"caf\xe9"'),
+        Reason.NOT_UTF8,
+        None,
+    ),
+    (
+        "truncated-multibyte-in-ignored-field",
+        raw(extra="X").replace(b'"X"', b'"\xe2\x98"'),
+        Reason.NOT_UTF8,
+        None,
+    ),
+    (
+        "encoded-surrogate-in-ignored-field",
+        raw(extra=0).replace(b'"extra": 0', b'"extra": "\xed\xa0\x80"'),
+        Reason.NOT_UTF8,
+        None,
+    ),
+    (
+        "overlong-encoding-in-ignored-field",
+        raw(extra=0).replace(b'"extra": 0', b'"extra": "\xc0\xaf"'),
+        Reason.NOT_UTF8,
+        None,
+    ),
     ("top-level-array", b"[1, 2, 3]", Reason.NOT_AN_OBJECT, None),
     ("top-level-string", b'"session"', Reason.NOT_AN_OBJECT, None),
     ("top-level-null", b"null", Reason.NOT_AN_OBJECT, None),
@@ -109,6 +135,35 @@ CASES: list[tuple[str, bytes, Reason, str | None]] = [
 ]
 
 
+def decode_both(value: bytes, max_bytes: int) -> CreateSessionResponseBody | Invalid:
+    """decode(value), after checking that decode_many's fast loop (the worker's default
+    path, a separate loop) gives the same result; a value starting with a control byte
+    is a binary frame there (--value-format auto), and must come out as one."""
+    single = decode(value, max_bytes)
+    many = decode_many([value], [()], max_bytes)
+    assert many.tombstones == 0
+    if is_framed(value) and len(value) <= max_bytes:
+        check_framed(value, many)
+    elif isinstance(single, Invalid):
+        assert many.events == []
+        assert many.invalid == [(0, single)]
+    else:
+        assert many.events == [single]
+        assert many.invalid == []
+    return single
+
+
+def check_framed(value: bytes, many: Decoded) -> None:
+    if value[0] != 0:
+        assert [why.reason for _, why in many.invalid] == [Reason.UNKNOWN_MAGIC_BYTE]
+    elif len(value) < 5:
+        assert [why.reason for _, why in many.invalid] == [Reason.BAD_ENVELOPE]
+    else:
+        inner = decode(value[5:], 1 << 30)
+        assert many.events == ([] if isinstance(inner, Invalid) else [inner])
+        assert many.invalid == ([(0, inner)] if isinstance(inner, Invalid) else [])
+
+
 @pytest.mark.parametrize(
     ("value", "reason", "path"),
     [pytest.param(v, r, p, id=i) for i, v, r, p in CASES],
@@ -116,7 +171,7 @@ CASES: list[tuple[str, bytes, Reason, str | None]] = [
 def test_bad_value_is_invalid_with_reason_and_detail(
     value: bytes, reason: Reason, path: str | None
 ) -> None:
-    result = decode(value, MAX_BYTES)
+    result = decode_both(value, MAX_BYTES)
 
     assert isinstance(result, Invalid)
     assert result.reason is reason, result.detail
@@ -132,6 +187,8 @@ def test_every_reason_but_the_fallback_is_produced_by_a_realistic_input() -> Non
     produced.add(decode(deep, MAX_BYTES).reason)  # type: ignore[union-attr]
     repeated = raw().replace(b'"id": ', b'"id": "x", "id": ', 1)
     produced.add(decode(repeated, MAX_BYTES, strict_keys=True).reason)  # type: ignore[union-attr]
+    framed = decode_many([b"\x01" + raw(), b"\x00\x00"], [(), ()], MAX_BYTES)
+    produced |= {why.reason for _, why in framed.invalid}
 
     assert produced == set(Reason) - {Reason.INVALID_VALUE}
 
@@ -236,13 +293,13 @@ def check_result(result: CreateSessionResponseBody | Invalid) -> None:
 @settings(max_examples=300)
 @given(value=st.binary(max_size=300))
 def test_decode_never_raises_on_arbitrary_bytes(value: bytes) -> None:
-    check_result(decode(value, 200))
+    check_result(decode_both(value, 200))
 
 
 @settings(max_examples=300)
 @given(value=json_values)
 def test_decode_never_raises_on_arbitrary_json(value: Any) -> None:
-    check_result(decode(json.dumps(value).encode(), MAX_BYTES))
+    check_result(decode_both(json.dumps(value).encode(), MAX_BYTES))
 
 
 @settings(max_examples=300)
@@ -258,7 +315,7 @@ def test_decode_never_raises_on_a_valid_event_with_fields_replaced(
         elif isinstance(event[parent], dict):
             event[parent][child] = value
 
-    result = decode(json.dumps(event).encode(), MAX_BYTES)
+    result = decode_both(json.dumps(event).encode(), MAX_BYTES)
 
     check_result(result)
     if not replacements:
@@ -297,7 +354,7 @@ def assert_countable(event: CreateSessionResponseBody) -> None:
 
 
 def check_mutant(value: bytes) -> None:
-    result = decode(value, MAX_BYTES)
+    result = decode_both(value, MAX_BYTES)
     check_result(result)
     if isinstance(result, CreateSessionResponseBody):
         assert_countable(result)
@@ -376,7 +433,7 @@ def test_every_truncation_of_a_valid_body_is_malformed(
 ) -> None:
     cut = data.draw(st.integers(0, len(seed_body) - 1))
 
-    result = decode(seed_body[:cut], MAX_BYTES)
+    result = decode_both(seed_body[:cut], MAX_BYTES)
 
     assert isinstance(result, Invalid)
     assert result.reason in {Reason.MALFORMED_JSON, Reason.NOT_UTF8}, result.detail
@@ -401,7 +458,7 @@ def test_anything_over_the_limit_is_too_large_whatever_it_holds(
 ) -> None:
     limit = data.draw(st.integers(0, len(value) - 1))
 
-    result = decode(value, limit)
+    result = decode_both(value, limit)
 
     assert isinstance(result, Invalid)
     assert result.reason is Reason.TOO_LARGE
@@ -469,7 +526,7 @@ def test_strict_keys_accepts_a_body_without_repeats_and_sees_repeats_in_unknown_
 def test_decode_many_with_strict_keys_rejects_only_the_repeating_value() -> None:
     values: list[bytes | None] = [raw(), with_key_twice("id", "x"), None, raw()]
 
-    got = decode_many(values, MAX_BYTES, strict_keys=True)
+    got = decode_many(values, [()] * len(values), MAX_BYTES, strict_keys=True)
 
     assert len(got.events) == 2
     assert got.tombstones == 1

@@ -71,7 +71,7 @@ async def test_invalid_messages_go_to_the_dead_letter_topic_and_the_worker_keeps
     )
     m = run.worker.metrics
     bad = {
-        b"\xff\xfe not utf8": "malformed_json",
+        b"\xff\xfe not utf8": "not_utf8",
         b'{"id": "a", "externalId": "\xff"}': "not_utf8",
         b'{"id": "a"': "malformed_json",
         b"[1]": "not_an_object",

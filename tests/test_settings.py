@@ -122,6 +122,8 @@ def test_every_option_has_an_environment_twin_named_after_it() -> None:
         ("SESSION_METRICS_DRAIN_TIMEOUT", "2.5", "drain_timeout", 2.5),
         ("SESSION_METRICS_COST_BUCKETS", "0.5,1,2", "cost_buckets", (0.5, 1.0, 2.0)),
         ("SESSION_METRICS_LOG_LEVEL", "DEBUG", "log_level", "debug"),
+        ("SESSION_METRICS_VALUE_FORMAT", "Confluent-JSON", "value_format", "confluent-json"),
+        ("SESSION_METRICS_CLOUDEVENTS_TYPE", "a.b, c", "cloudevents_type", frozenset({"a.b", "c"})),
     ],
 )
 def test_environment_twin_sets_the_option(
@@ -178,6 +180,8 @@ BAD: list[tuple[str, dict[str, str], dict[str, str], str]] = [
     ("max-series-zero", {"max_series": "0"}, {}, "max_series"),
     ("drain-timeout-inf", {"drain_timeout": "inf"}, {}, "drain_timeout"),
     ("check-hostname-maybe", {"ssl_check_hostname": "maybe"}, {}, "ssl_check_hostname"),
+    ("value-format-avro", {"value_format": "avro"}, {}, "value_format"),
+    ("cloudevents-type-blank", {}, {"SESSION_METRICS_CLOUDEVENTS_TYPE": " , "}, "cloudevents_type"),
 ]  # fmt: skip
 
 
