@@ -237,3 +237,25 @@ async def test_a_scrape_served_but_never_stored_loses_at_most_what_it_covered(
     await eventually(lambda: second.counted() == 200, within=60)
     await asyncio.sleep(1.0)
     assert second.counted() == 200  # the 200 never shown are counted; the 300 are gone
+
+
+async def test_max_unscraped_seconds_commits_when_nobody_scrapes(
+    broker: EmbeddedBroker,
+    new_topic: TopicFactory,
+    producer: AIOKafkaProducer,
+    start_worker: WorkerFactory,
+) -> None:
+    topic = await new_topic(partitions=2)
+    await produce(producer, topic, count=400, rate=None, seed=10)
+    settings = settings_for(broker.bootstrap, topic, max_unscraped_seconds=1)
+    run = await start_worker(settings)
+    await eventually(lambda: run.counted() == 400)
+
+    async def all_committed() -> bool:
+        offsets = await committed(broker.bootstrap, settings.group_id, topic, 2)
+        return sum(offsets.values()) == 400
+
+    # The probe checks every 5 s: within a few of them, with no scrape at all.
+    await eventually(all_committed, within=20)
+    published = await peek(run, "llm_sessions_total")
+    assert sum(published.series("llm_sessions_total").values()) == 400

@@ -93,6 +93,7 @@ async def test_every_envelope_is_counted_by_format_with_exact_totals(
         "cloudevents_binary": PER_KIND + PER_KIND // 2,
     }
     want = expected_totals(events[:counted])
+    await run.scrape()  # a served scrape publishes what was counted
     got = series_values(m.registry)
     assert got["llm_sessions_total"] == {k: w.sessions for k, w in want.items()}
     for key, w in want.items():

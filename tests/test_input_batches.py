@@ -58,6 +58,7 @@ async def test_one_topic_written_with_every_codec_is_counted_exactly(
 
     assert run.counted() == len(events)
     assert sample(run.worker.metrics, "session_consumer_messages_total", outcome="invalid") == 0
+    await run.scrape()  # a served scrape publishes what was counted
     check_totals(run.worker.metrics, events)
 
 
@@ -97,6 +98,7 @@ async def test_an_unreadable_batch_holds_its_partition_and_the_others_keep_flowi
     await eventually(lambda: bool(run.worker.fetcher.held))
 
     assert run.counted() == len(readable)
+    await run.scrape()
     check_totals(run.worker.metrics, readable)
     m = run.worker.metrics
     unreadable = {
