@@ -15,7 +15,7 @@ from aiokafka import AIOKafkaProducer
 
 from consumer.broker import EmbeddedBroker, create_topics
 from consumer.produce import Produced, produce
-from tests.faults import FAST_GROUP, Worker, report, until, workers
+from tests.faults import BATCH_COMMITS, FAST_GROUP, Worker, report, until, workers
 
 pytestmark = pytest.mark.broker
 
@@ -62,7 +62,11 @@ async def test_worker_process_outlives_a_20s_broker_outage_and_consumes_after_it
     bootstrap = own_broker.bootstrap
     await create_topics(bootstrap, {"sessions": 2})
     args = ("--bootstrap-servers", bootstrap, "--topic", "sessions", "--group-id", "g")
-    async with workers(tmp_path, *args, *FAST_GROUP) as ws:
+    # Tansu restarts empty: a position served before the outage and committed after it
+    # would point past the fresh log. Committing after each batch keeps commits behind
+    # the outage; a restart that keeps its logs, in the default mode, is tested on
+    # Apache Kafka (tests/test_kafka_restart.py).
+    async with workers(tmp_path, *args, *FAST_GROUP, *BATCH_COMMITS) as ws:
         worker = await ws.start()
         probes = Probes(worker)
         polling = asyncio.create_task(probes.run())
