@@ -209,26 +209,35 @@ async def run_faults(
     await stream_task
 
 
+async def rolling_restarts(
+    world: Lab, producer: AIOKafkaProducer, restarts: int, seed: int
+) -> Stream:
+    """`restarts` rolling restarts during a stream, as a Deployment's rollout does them:
+    the new pod first, then SIGTERM to the old one."""
+    current = await world.start()
+    stream, task = await streaming(producer, world.topic, EVENTS, seed=seed)
+    await until(lambda: counting(current), 60, "the first worker counts")
+
+    async def roll(_: int) -> None:
+        nonlocal current
+        fresh = await world.start()
+        await until(lambda: counting(fresh), 60, f"{fresh.name} counts")
+        await asyncio.sleep(random.uniform(0.2, 1.5))
+        current.terminate()
+        assert (await current.wait())[0] == 0, current.tail()
+        current = fresh
+
+    await run_faults(stream, task, restarts, roll)
+    return stream
+
+
 async def test_rolling_restarts_leave_prometheus_totals_exact(
     any_broker: Broker, tmp_path: Path
 ) -> None:
     restarts = faults_on(any_broker)
     events = EVENTS
     async with topic_on(any_broker) as (topic, producer), lab(tmp_path, any_broker, topic) as world:
-        current = await world.start()
-        stream, task = await streaming(producer, topic, events, seed=101)
-        await until(lambda: counting(current), 60, "the first worker counts")
-
-        async def roll(_: int) -> None:
-            nonlocal current
-            fresh = await world.start()  # the new pod first, then SIGTERM to the old one
-            await until(lambda: counting(fresh), 60, f"{fresh.name} counts")
-            await asyncio.sleep(random.uniform(0.2, 1.5))
-            current.terminate()
-            assert (await current.wait())[0] == 0, current.tail()
-            current = fresh
-
-        await run_faults(stream, task, restarts, roll)
+        stream = await rolling_restarts(world, producer, restarts, seed=101)
         await settled(world.servers[0], events)
         got = await seen(world.servers[0])
 
@@ -316,20 +325,7 @@ async def test_two_prometheus_servers_each_see_a_monotonic_view_within_one_scrap
     events = EVENTS
     topic = await new_topic(partitions=PARTITIONS)
     async with lab(tmp_path, broker, topic, servers=2) as world:
-        current = await world.start()
-        stream, task = await streaming(producer, topic, events, seed=404)
-        await until(lambda: counting(current), 60, "the first worker counts")
-
-        async def roll(_: int) -> None:
-            nonlocal current
-            fresh = await world.start()
-            await until(lambda: counting(fresh), 60, f"{fresh.name} counts")
-            await asyncio.sleep(random.uniform(0.2, 1.5))
-            current.terminate()
-            assert (await current.wait())[0] == 0, current.tail()
-            current = fresh
-
-        await run_faults(stream, task, restarts, roll)
+        stream = await rolling_restarts(world, producer, restarts, seed=404)
         bound = restarts * RATE * SCRAPE_INTERVAL
         views = []
         for server in world.servers:
