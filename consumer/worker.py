@@ -180,7 +180,7 @@ class Worker:
             await self._drain(tasks[0])
             for task in tasks[1:]:  # a commit hung in the committer must not hold the last one
                 task.cancel()
-            await asyncio.gather(*tasks[1:], return_exceptions=True)
+            await _ended(tasks[1:])
             # From here scrapes show what is published and publish nothing more: what
             # they show is what the final commit covers.
             self.ledger.freeze()
@@ -189,7 +189,7 @@ class Worker:
         finally:
             for task in tasks:
                 task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await _ended(tasks)
             await self._close()
 
     async def _drain(self, loop_task: "asyncio.Task[None]") -> None:
@@ -199,8 +199,7 @@ class Worker:
             # The cut-off batch was never recorded in the ledger, so nothing of it
             # can be committed.
             loop_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await loop_task
+            await _ended([loop_task])
             log.warning(
                 "drain timeout: in-flight batch abandoned, it will be redelivered",
                 extra={"drain_timeout": self.settings.drain_timeout},
@@ -457,6 +456,20 @@ class Worker:
             if tp in consumer.assignment():
                 with contextlib.suppress(KafkaError, AssertionError, TimeoutError):
                     state.fetch_position = await asyncio.wait_for(consumer.position(tp), 1.0)
+
+
+async def _ended(tasks: list["asyncio.Task[None]"]) -> None:
+    """Wait for cancelled tasks to end, at most CLOSE_TIMEOUT: a stop must never hang on
+    a task that does not give way (it is left behind, and dies with the process)."""
+    _, pending = await asyncio.wait(tasks, timeout=CLOSE_TIMEOUT)
+    for task in tasks:
+        if task.done() and not task.cancelled():
+            task.exception()  # retrieved: the run's outcome was decided elsewhere
+    if pending:
+        log.warning(
+            "task did not stop in time",
+            extra={"tasks": sorted(t.get_name() for t in pending), "timeout": CLOSE_TIMEOUT},
+        )
 
 
 async def _stop_client(client: AIOKafkaConsumer | AIOKafkaProducer) -> None:
