@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
 
 from consumer.broker import EmbeddedBroker, create_topics
 from consumer.produce import Produced, produce
@@ -140,9 +141,17 @@ async def stream_then_stop_broker(broker: EmbeddedBroker, worker: Worker) -> tup
 
 
 async def send(bootstrap: str, count: int, seed: int) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=2)
-    await producer.start()
-    try:
-        await produce(producer, "sessions", count=count, rate=None, seed=seed)
-    finally:
-        await producer.stop()
+    """Produce `count` events; a broker just restarted may refuse the first sends
+    (UnknownError from Tansu), so try again: the worker counts a repeat once."""
+    for attempt in range(3):
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=2)
+        await producer.start()
+        try:
+            await produce(producer, "sessions", count=count, rate=None, seed=seed)
+            return
+        except KafkaError:
+            if attempt == 2:
+                raise
+            await asyncio.sleep(1.0)
+        finally:
+            await producer.stop()
