@@ -13,6 +13,7 @@ from aiokafka import AIOKafkaProducer
 
 from consumer.broker import EmbeddedBroker
 from consumer.produce import produce
+from consumer.settings import Settings
 from consumer.worker import Worker
 from tests.conftest import Running, TopicFactory, WorkerFactory, eventually, settings_for
 from tests.corpus import corpus, expected_totals, series_values
@@ -49,6 +50,14 @@ def published_sessions(*runs: Running) -> dict[tuple[str, str], float]:
     return total
 
 
+async def committed_total(
+    broker: EmbeddedBroker, settings: Settings, topic: str, records: int
+) -> bool:
+    """Whether the group's committed offsets of the topic's 2 partitions add up to `records`."""
+    offsets = await committed(broker.bootstrap, settings.group_id, topic, 2)
+    return sum(offsets.values()) == records
+
+
 def sessions_of(count: int, seed: int) -> dict[tuple[str, str], float]:
     return {k: float(t.sessions) for k, t in expected_totals(corpus(seed, count)).items()}
 
@@ -76,11 +85,7 @@ async def test_nothing_is_committed_until_a_scrape_is_served_and_pending_records
     text = await run.scrape()  # as Prometheus would: publishes, then commits
     assert sum(Scrape(text).series("llm_sessions_total").values()) == 500
 
-    async def all_committed() -> bool:
-        offsets = await committed(broker.bootstrap, settings.group_id, topic, 2)
-        return sum(offsets.values()) == 500
-
-    await eventually(all_committed)
+    await eventually(lambda: committed_total(broker, settings, topic, 500))
     assert (await peek(run, "session_consumer_pending_records")).value(
         "session_consumer_pending_records"
     ) == 0
@@ -105,8 +110,7 @@ async def test_stop_commits_what_the_last_served_scrape_showed(
 
     await run.stop()
 
-    offsets = await committed(broker.bootstrap, settings.group_id, topic, 2)
-    assert sum(offsets.values()) == 300  # what the scrape covered, not the 100 after it
+    assert await committed_total(broker, settings, topic, 300)  # not the 100 after it
 
 
 @pytest.mark.usefixtures("no_commit_after_scrape")
@@ -128,11 +132,7 @@ async def test_revoke_commits_served_positions_and_withdraws_the_rest_for_a_reco
 
     second = await start_worker(settings)  # the rebalance revokes both partitions
 
-    async def revoked_and_committed() -> bool:
-        offsets = await committed(broker.bootstrap, settings.group_id, topic, 2)
-        return sum(offsets.values()) == 300
-
-    await eventually(revoked_and_committed)
+    await eventually(lambda: committed_total(broker, settings, topic, 300))
     await eventually(lambda: first.counted() + second.counted() == 700)  # 200 recounted
     await first.scrape()
     await second.scrape()
@@ -225,10 +225,7 @@ async def test_a_scrape_served_but_never_stored_loses_at_most_what_it_covered(
     await eventually(lambda: first.counted() == 300)
     await first.scrape()  # served and committed; imagine Prometheus dropped the answer
 
-    async def commit_done() -> bool:
-        return sum((await committed(broker.bootstrap, settings.group_id, topic, 2)).values()) == 300
-
-    await eventually(commit_done)
+    await eventually(lambda: committed_total(broker, settings, topic, 300))
     await produce(producer, topic, count=500, rate=None, seed=9, skip=300)
     await eventually(lambda: first.counted() == 500)  # pending: dies with the process
     await crash(first)
@@ -251,11 +248,7 @@ async def test_max_unscraped_seconds_commits_when_nobody_scrapes(
     run = await start_worker(settings)
     await eventually(lambda: run.counted() == 400)
 
-    async def all_committed() -> bool:
-        offsets = await committed(broker.bootstrap, settings.group_id, topic, 2)
-        return sum(offsets.values()) == 400
-
     # The probe checks every 5 s: within a few of them, with no scrape at all.
-    await eventually(all_committed, within=20)
+    await eventually(lambda: committed_total(broker, settings, topic, 400), within=20)
     published = await peek(run, "llm_sessions_total")
     assert sum(published.series("llm_sessions_total").values()) == 400
