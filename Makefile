@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench lint install-prometheus install-stunnel install-kustomize install-maven kafka-jars clean
+.PHONY: demo test bench lint install-prometheus install-stunnel install-redis install-kustomize install-maven kafka-jars clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,7 +23,7 @@ $(BENCH_STAMP): $(STAMP)
 	$(BIN)/pip install --quiet -e '.[bench]'
 	touch $(BENCH_STAMP)
 
-bench: $(BENCH_STAMP) kafka-jars
+bench: $(BENCH_STAMP) kafka-jars install-redis
 	$(BIN)/python -m bench $(ARGS)
 
 # The real-Prometheus tests need Debian's prometheus package (server + promtool).
@@ -31,6 +31,12 @@ install-prometheus:
 	@command -v prometheus >/dev/null && command -v promtool >/dev/null || { \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq prometheus >/dev/null; }
+
+# The claim-store tests run Debian's redis-server (7.x: its SET takes NX with GET).
+install-redis:
+	@command -v redis-server >/dev/null || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq redis-server >/dev/null; }
 
 # The Kafka TLS tests put Debian's stunnel4 (a TLS terminator) in front of the
 # broker, and make their certificates with the openssl CLI it depends on.
@@ -75,7 +81,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: $(STAMP) install-prometheus install-stunnel install-kustomize kafka-jars lint
+test: $(STAMP) install-prometheus install-redis install-stunnel install-kustomize kafka-jars lint
 	$(BIN)/pytest $(ARGS)
 
 clean:
