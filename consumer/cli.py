@@ -11,12 +11,14 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import InvalidSessionTimeoutError, KafkaError
 
 from consumer import __version__, logs
+from consumer.claims import StoreRefused
 from consumer.settings import (
     DEMO_FLAGS,
     HTTP_OPTIONS,
     KAFKA_OPTIONS,
     PRODUCE_FLAGS,
     RUN_OPTIONS,
+    STORE_OPTIONS,
     ConfigError,
     add_arguments,
     add_flags,
@@ -45,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = commands.add_parser("run", help="consume a topic and serve /metrics")
-    add_arguments(run, (*KAFKA_OPTIONS, *RUN_OPTIONS, *HTTP_OPTIONS))
+    add_arguments(run, (*KAFKA_OPTIONS, *RUN_OPTIONS, *HTTP_OPTIONS, *STORE_OPTIONS))
 
     produce = commands.add_parser("produce", help="send synthetic events to a topic")
     required = add_arguments(produce, KAFKA_OPTIONS)
@@ -60,17 +62,17 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    command = {"run": _run, "produce": _produce}.get(args.command, _demo)
     try:
-        if args.command == "run":
-            return _run(args)
-        if args.command == "produce":
-            return _produce(args)
-        return _demo(args)
+        return command(args)
     except ConfigError as exc:
         print(f"session-metrics: configuration error: {exc}", file=sys.stderr)
         return 2
     except KafkaError as exc:
         print(f"session-metrics: Kafka error: {_kafka_reason(exc)}", file=sys.stderr)
+        return 1
+    except StoreRefused as exc:
+        print(f"session-metrics: dedup store error: {exc} (check --dedup-store)", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -70,6 +70,8 @@ class Decoded:
     """CloudEvents of a type --cloudevents-type does not name: read, not counted."""
     kinds: Counter[Kind] = field(default_factory=Counter)
     """Records per envelope kind, tombstones and unreadable envelopes excepted."""
+    positions: list[int] = field(default_factory=list)
+    """Position in the input of each event, ascending (events are in input order)."""
 
 
 def decode(
@@ -108,10 +110,33 @@ def decode_many(
     out = Decoded([], [], 0)
     again = _plain(out, values, headers, max_bytes, unwrap=envelope.format is Format.AUTO)
     out.kinds[Kind.JSON] = len(values) - out.tombstones - len(again)
+    out.positions = _plain_positions(out, values, again)
     reader = _Reader(out, max_bytes, False, envelope)
+    plain = len(out.events)
     for position in again:
         reader.add(position, values[position] or b"", headers[position])
+    if plain and len(out.events) > plain:
+        _in_input_order(out)
     return out
+
+
+def _plain_positions(out: Decoded, values: list[bytes | None], again: list[int]) -> list[int]:
+    """Where the fast loop's events stand in the input: computed once after it rather than
+    noted for every record inside it (in the usual batch, every position)."""
+    if len(out.events) == len(values):
+        return list(range(len(values)))
+    left = {p for p, _ in out.invalid}.union(again)
+    if out.tombstones:
+        left.update(p for p, v in enumerate(values) if v is None)
+    return [p for p in range(len(values)) if p not in left]
+
+
+def _in_input_order(out: Decoded) -> None:
+    """Enveloped values are decoded after the plain ones: put the events back in input
+    order, which dedup needs (the first of two copies counts)."""
+    order = sorted(range(len(out.positions)), key=out.positions.__getitem__)
+    out.events = [out.events[i] for i in order]
+    out.positions = [out.positions[i] for i in order]
 
 
 def _plain(
@@ -196,6 +221,7 @@ class _Reader:
             out.skipped += 1
         else:
             out.events.append(result)
+            out.positions.append(position)
 
 
 def _unreadable(exc: EnvelopeError) -> Invalid:

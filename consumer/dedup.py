@@ -10,6 +10,10 @@ can be forgotten again: `admit` hands out the list it remembered them in.
 """
 
 from collections import deque
+from collections.abc import Hashable
+from itertools import repeat
+
+_ABSENT = object()
 
 
 class DedupWindow:
@@ -24,7 +28,8 @@ class DedupWindow:
 
     def __init__(self, size: int) -> None:
         self.size = size
-        self._seen: set[str] = set()
+        self._seen: dict[str, Hashable] = {}
+        """Each remembered id, with the owner (partition) that counted it."""
         self._batches: deque[list[str]] = deque()
 
     def __len__(self) -> int:
@@ -38,30 +43,39 @@ class DedupWindow:
         """Remember `ids` in order; positions of those already seen (here or earlier in `ids`)."""
         return self.admit(ids)[0]
 
-    def admit(self, ids: list[str]) -> tuple[list[int], list[str]]:
-        """`add_all`, plus the list the new ids are remembered in, for `forget`."""
+    def admit(self, ids: list[str], owner: Hashable = None) -> tuple[list[int], list[str]]:
+        """`add_all`, plus the list the new ids are remembered in, for `forget`.
+
+        With an `owner` (the partition the ids come from), only an id counted by another
+        owner is a duplicate: repeats within one partition are its log window's to
+        decide (consumer/logwindow.py), from the log alone, so this window must not
+        judge them differently from one run to the next."""
         if self.size == 0:
             return [], []
         seen = self._seen
-        if seen.isdisjoint(ids):
+        if seen.keys().isdisjoint(ids):
             before = len(seen)
-            seen.update(ids)
+            seen.update(zip(ids, repeat(owner)))
             if len(seen) - before == len(ids):
                 return [], self._remember(list(ids))
             # A repeat inside `ids` itself: none of them was seen before, so undo exactly.
-            seen.difference_update(ids)
+            for session_id in ids:
+                seen.pop(session_id, None)
         duplicates, kept = [], []
         for position, session_id in enumerate(ids):
-            if session_id in seen:
-                duplicates.append(position)
-            else:
-                seen.add(session_id)
+            have = seen.get(session_id, _ABSENT)
+            if have is _ABSENT:
+                seen[session_id] = owner
                 kept.append(session_id)
+            elif owner is None or have != owner:
+                duplicates.append(position)
         return duplicates, self._remember(kept)
 
     def forget(self, remembered: list[str]) -> None:
         """Forget the ids of one `admit` (still in the window or already evicted)."""
-        self._seen.difference_update(remembered)
+        seen = self._seen
+        for session_id in remembered:
+            seen.pop(session_id, None)
         # Emptied in place: the window's deque holds the same list, and every id the
         # window remembers must stay in exactly one of its lists.
         remembered.clear()
@@ -74,6 +88,6 @@ class DedupWindow:
         # Every remembered id is in exactly one batch, so len(seen) is their total.
         while len(seen) - len(batches[0]) >= self.size:
             evicted = batches.popleft()
-            seen.difference_update(evicted)
+            deque(map(seen.__delitem__, evicted), maxlen=0)  # each id is in one batch only
             evicted.clear()  # a later forget() of an evicted batch must not touch newer ids
         return ids

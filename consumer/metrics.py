@@ -344,6 +344,44 @@ class ConsumerMetrics:
             registry=r,
             buckets=(1, 10, 100, 500, 1000, 2500, 5000, 10000, 20000, 50000),
         )
+        self.restore_seconds = Histogram(
+            p + "dedup_restore_seconds",
+            "Time to read a log window back before counting resumes on newly assigned "
+            "partitions (one observation per read-back, all its partitions together).",
+            registry=r,
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+        )
+        self.restored_records = Counter(
+            p + "dedup_restored_records",
+            "Records read back to rebuild log windows (counted nothing).",
+            registry=r,
+        )
+        self.dedup_ids = Gauge(
+            p + "dedup_window_ids", "Session ids held in the log windows.", registry=r
+        )
+        self.store_up = Gauge(
+            p + "dedup_store_up",
+            "1 while the claim store answers (or none is set), 0 while every partition is "
+            "held waiting for it.",
+            registry=r,
+        )
+        self.store_up.set(1)
+        self.store_errors = Counter(
+            p + "dedup_store_errors",
+            "Claim round trips that failed: the batch was not counted, and read again.",
+            registry=r,
+        )
+        self.store_seconds = Histogram(
+            p + "dedup_store_seconds",
+            "Time of one batch's claim round trip to the claim store.",
+            registry=r,
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+        )
+        self.scrapers = Gauge(
+            p + "scrapers",
+            "Active scrapers: clients with regular full scrapes, waited for at a stop.",
+            registry=r,
+        )
         Info(p + "build", "Version of this service.", registry=r).info(
             {"version": __version__, "python": platform.python_version()}
         )

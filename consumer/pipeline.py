@@ -1,6 +1,7 @@
 """One batch of Kafka records, grouped by partition, to per-partition counts. Pure.
 
-records -> decode -> (the caller dead-letters the rejected) -> dedup -> aggregate.
+records -> decode -> (the caller dead-letters the rejected) -> dedup (consumer/repeats.py:
+the partition's log window, then the claim store or the worker's window) -> aggregate.
 Counts stay per partition because each partition's counts can be withdrawn on
 their own (consumer/ledger.py): a partition handed to another worker before a
 scrape showed its counts is counted again by its next owner.
@@ -9,12 +10,16 @@ scrape showed its counts is counted again by its next owner.
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import Protocol
 
 from consumer.aggregate import Buckets, SeriesKey, Totals, aggregate, newest_event_time
 from consumer.decode import DEFAULT_ENVELOPE, Decoded, Invalid, decode_many
 from consumer.dedup import DedupWindow
 from consumer.envelope import Envelope, Kind
+from consumer.logwindow import LogWindows
+
+_OFFSET, _ID = attrgetter("offset"), attrgetter("id")
 
 Partition = tuple[str, int]
 """(topic, partition); aiokafka's TopicPartition is one."""
@@ -107,21 +112,53 @@ def decode_batch(
     return DecodedBatch(partitions, rejected)
 
 
+@dataclass(slots=True)
+class Candidates:
+    """One partition's events of a batch, with the log window's verdict."""
+
+    offsets: list[int]
+    ids: list[str]
+    repeats: list[int]
+    """Positions (in `ids`) of repeats within the partition's log window."""
+
+
+def in_log(decoded: DecodedBatch, windows: LogWindows) -> dict[Partition, Candidates]:
+    """Each partition's events against its log window (consumer/logwindow.py)."""
+    out = {}
+    for tp, (records, d) in decoded.partitions.items():
+        if len(d.positions) == len(records):  # every record an event: the usual batch
+            offsets = list(map(_OFFSET, records))
+        else:
+            offsets = list(map(_OFFSET, map(records.__getitem__, d.positions)))
+        ids = list(map(_ID, d.events))
+        first, end = records[0].offset, records[-1].offset + 1
+        out[tp] = Candidates(offsets, ids, windows.observe(tp, offsets, ids, first, end))
+    return out
+
+
 def count(
     decoded: DecodedBatch,
-    dedup: DedupWindow,
+    dedup: DedupWindow | None,
     buckets: Buckets,
     admit: Callable[[SeriesKey, int], SeriesKey],
+    repeats: Mapping[Partition, Sequence[int]] | None = None,
 ) -> BatchResult:
-    """Dedup and aggregate each partition's events (duplicates across partitions too)."""
+    """Aggregate each partition's events but the `repeats` (positions in its events,
+    already decided), then those `dedup` (the worker's own window, when no claim store
+    decides across partitions) has seen."""
     out, newest, kinds = {}, None, Counter[Kind]()
     for tp, (records, d) in decoded.partitions.items():
         kinds.update(d.kinds)
         events = d.events
-        duplicates, remembered = dedup.admit([e.id for e in events])
-        if duplicates:
-            skip = set(duplicates)
+        skip = set(repeats.get(tp, ())) if repeats else set()
+        if skip:
             events = [e for i, e in enumerate(events) if i not in skip]
+        duplicates, remembered = (
+            dedup.admit(list(map(_ID, events)), tp) if dedup is not None else ([], [])
+        )
+        if duplicates:
+            again = set(duplicates)
+            events = [e for i, e in enumerate(events) if i not in again]
         when = newest_event_time(events)
         if when is not None and (newest is None or when > newest):
             newest = when
@@ -132,7 +169,7 @@ def count(
             next_offset=last.offset + 1,
             last_timestamp=last.timestamp / 1000.0,
             counted=len(events),
-            duplicates=len(duplicates),
+            duplicates=len(skip) + len(duplicates),
             tombstones=d.tombstones,
             skipped=d.skipped,
         )

@@ -10,6 +10,7 @@ flight (the batch lock is held only while a batch is processed, never around
 
 import asyncio
 import logging
+from collections.abc import Callable, Iterable
 
 from aiokafka import ConsumerRebalanceListener, TopicPartition
 
@@ -28,12 +29,15 @@ class HandOver(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is 
         batch_lock: asyncio.Lock,
         metrics: ConsumerMetrics,
         group_id: str,
+        *,
+        on_assigned: Callable[[Iterable[TopicPartition]], None] = lambda tps: None,
     ) -> None:
         self._ledger = ledger
         self._committer = committer
         self._batch_lock = batch_lock
         self._metrics = metrics
         self._group_id = group_id
+        self._on_assigned = on_assigned
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
         if not revoked:
@@ -54,6 +58,7 @@ class HandOver(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is 
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         self._ledger.assign(assigned)
+        self._on_assigned(assigned)  # their log windows are made ready at their first batch
         self._metrics.rebalances.inc()
         self._metrics.assigned_partitions.set(len(assigned))
         if assigned:

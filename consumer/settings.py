@@ -259,7 +259,13 @@ RUN_OPTIONS: tuple[Option, ...] = (
     Option("metrics_host", _text, "0.0.0.0", "address the HTTP server binds"),
     Option("metrics_port", _int_range(0, 65535), "8000", "port of /metrics, /healthz, /readyz"),
     Option("max_series", _int_range(1), "10000", "most (workspace, project) pairs exported"),
-    Option("dedup_window", _int_range(0), "100000", "recent session ids remembered (0 = off)"),
+    Option(
+        "dedup_window",
+        _int_range(0),
+        "20000",
+        "records per partition a session id is checked against, rebuilt from the log "
+        "on assignment (0 = off)",
+    ),
     Option("max_message_bytes", _int_range(1), "1048576", "larger values are invalid (too_large)"),
     Option("max_batch_records", _int_range(1), "20000", "most records processed per batch"),
     Option(
@@ -285,6 +291,81 @@ RUN_OPTIONS: tuple[Option, ...] = (
     ),
     Option("cost_buckets", _buckets, DEFAULT_COST_BUCKETS, "llm_session_cost_per_session buckets"),
     Option("log_level", _choice("debug", "info", "warning", "error"), "info", "log level"),
+    Option(
+        "handover_timeout",
+        _non_negative_float,
+        "60",
+        "seconds a stopping worker, out of the group, keeps serving its final totals "
+        "until every active scraper has fetched them (0 = exit at once)",
+    ),
+    Option(
+        "scraper_param",
+        _text,
+        "scraper",
+        "query parameter that names a scraper (else its header or address names it)",
+    ),
+    Option(
+        "scraper_header",
+        _text,
+        None,
+        "header that names a scraper where a proxy hides its address (e.g. X-Forwarded-For)",
+    ),
+    Option(
+        "scraper_grace_intervals",
+        _float_at_least(1, strict=False),
+        "3",
+        "a scraper leaves the active set after this many of its intervals without a scrape",
+    ),
+)
+
+
+def _store_url(raw: str) -> str:
+    value = raw.strip()
+    scheme, sep, rest = value.partition("://")
+    if not sep or scheme not in {"redis", "rediss"} or not rest:
+        raise ValueError("must be a redis:// or rediss:// URL")
+    userinfo, at, _ = rest.rpartition("@")
+    if at and ":" in userinfo:
+        # A password in the URL would show in `ps`, the pod spec and any log of settings.
+        raise ValueError(
+            "must not carry a password: use SESSION_METRICS_DEDUP_STORE_PASSWORD or "
+            "--dedup-store-password-file"
+        )
+    return value
+
+
+STORE_OPTIONS: tuple[Option, ...] = (
+    Option(
+        "dedup_store",
+        _store_url,
+        None,
+        "Redis for session-id claims shared by all replicas, redis:// or rediss:// "
+        "(off when unset)",
+    ),
+    Option("dedup_store_username", _text, None, "Redis ACL user (default: Redis's default user)"),
+    Option(
+        "dedup_store_password",
+        _text,
+        None,
+        "Redis password (environment only)",
+        flag_allowed=False,
+    ),
+    Option("dedup_store_password_file", _existing_file, None, "file holding the Redis password"),
+    Option(
+        "dedup_store_cafile", _existing_file, None, "CA bundle (PEM) to verify Redis (rediss://)"
+    ),
+    Option(
+        "dedup_store_ttl",
+        _int_range(1),
+        "3600",
+        "seconds a claim on a session id lasts: repeats further apart count again",
+    ),
+    Option(
+        "dedup_store_timeout",
+        _positive_float,
+        "5",
+        "seconds one claim round trip may take before Redis counts as unreachable",
+    ),
 )
 
 
@@ -307,6 +388,29 @@ HTTP_OPTIONS: tuple[Option, ...] = (
 )
 
 REQUIRED = ("bootstrap_servers", "topic")
+
+
+@dataclass(frozen=True)
+class StoreSettings:
+    """The optional shared claim store (Redis); absent unless --dedup-store is set."""
+
+    dedup_store: str
+    dedup_store_username: str | None = None
+    dedup_store_password: str | None = field(default=None, repr=False)
+    dedup_store_password_file: Path | None = None
+    dedup_store_cafile: Path | None = None
+    dedup_store_ttl: int = 3600
+    dedup_store_timeout: float = 5.0
+
+    @property
+    def tls(self) -> bool:
+        return self.dedup_store.startswith("rediss://")
+
+    def password(self) -> str | None:
+        """The password, read from its file when given as one (never logged)."""
+        if self.dedup_store_password_file is not None:
+            return self.dedup_store_password_file.read_text(encoding="utf-8").rstrip("\r\n")
+        return self.dedup_store_password
 
 
 @dataclass(frozen=True)
@@ -366,7 +470,12 @@ class Settings:
     tokens_buckets: tuple[float, ...]
     cost_buckets: tuple[float, ...]
     log_level: str
+    handover_timeout: float = 60.0
+    scraper_param: str = "scraper"
+    scraper_header: str | None = None
+    scraper_grace_intervals: float = 3.0
     http: HttpSettings = field(default_factory=HttpSettings)
+    store: StoreSettings | None = None
 
 
 def add_arguments(
@@ -501,7 +610,50 @@ def run_settings(args: argparse.Namespace, environ: Mapping[str, str] | None = N
             "--heartbeat-interval-ms / SESSION_METRICS_HEARTBEAT_INTERVAL_MS: "
             "must be at most a third of --session-timeout-ms"
         )
-    return Settings(kafka=kafka, http=http_settings(args, environ), **values)
+    return Settings(
+        kafka=kafka,
+        http=http_settings(args, environ),
+        store=store_settings(args, environ),
+        **values,
+    )
+
+
+def store_settings(
+    args: argparse.Namespace, environ: Mapping[str, str] | None = None
+) -> StoreSettings | None:
+    values = resolve(STORE_OPTIONS, args, environ)
+    if values["dedup_store"] is None:
+        given = [o for o in STORE_OPTIONS[1:5] if values[o.name] is not None]
+        if given:
+            raise ConfigError(
+                f"--dedup-store / SESSION_METRICS_DEDUP_STORE: required with {_named(given[0])}"
+            )
+        return None
+    s = StoreSettings(**values)
+    if s.dedup_store_password is not None and s.dedup_store_password_file is not None:
+        raise ConfigError(
+            "SESSION_METRICS_DEDUP_STORE_PASSWORD: give at most one of it and "
+            "--dedup-store-password-file"
+        )
+    if s.dedup_store_password_file is not None:
+        _check_secret_file(s.dedup_store_password_file, "dedup_store_password_file")
+    if s.dedup_store_cafile is not None:
+        if not s.tls:
+            raise ConfigError(
+                "--dedup-store-cafile / SESSION_METRICS_DEDUP_STORE_CAFILE: needs a rediss:// "
+                "--dedup-store"
+            )
+        try:
+            ssl.create_default_context(cafile=s.dedup_store_cafile)
+        except (ssl.SSLError, OSError) as exc:
+            raise ConfigError(
+                f"--dedup-store-cafile / SESSION_METRICS_DEDUP_STORE_CAFILE: cannot load: {exc}"
+            ) from None
+    return s
+
+
+def _named(opt: Option) -> str:
+    return opt.flag if opt.flag_allowed else opt.env
 
 
 def http_settings(
@@ -639,7 +791,7 @@ def _check_secret_file(path: Path, name: str) -> None:
 
 
 def all_options() -> tuple[Option, ...]:
-    return (*KAFKA_OPTIONS, *RUN_OPTIONS, *HTTP_OPTIONS)
+    return (*KAFKA_OPTIONS, *RUN_OPTIONS, *HTTP_OPTIONS, *STORE_OPTIONS)
 
 
 def options_table(options: Sequence[Option]) -> str:
@@ -656,7 +808,7 @@ def options_table(options: Sequence[Option]) -> str:
 
 
 if __name__ == "__main__":
-    for group in (KAFKA_OPTIONS, RUN_OPTIONS, HTTP_OPTIONS):
+    for group in (KAFKA_OPTIONS, RUN_OPTIONS, HTTP_OPTIONS, STORE_OPTIONS):
         print(options_table(group), end="\n\n")
     for flags in (PRODUCE_FLAGS, DEMO_FLAGS):
         print(flags_table(flags), end="\n\n")

@@ -531,3 +531,31 @@ def test_decode_many_with_strict_keys_rejects_only_the_repeating_value() -> None
     assert len(got.events) == 2
     assert got.tombstones == 1
     assert [(i, r.reason) for i, r in got.invalid] == [(1, Reason.DUPLICATE_KEY)]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    kinds=st.lists(
+        st.sampled_from(["event", "framed", "tombstone", "bad", "too_large"]), max_size=30
+    )
+)
+def test_each_event_carries_its_position_in_the_input_in_input_order(kinds: list[str]) -> None:
+    """The log window decides by offset: an event's position must be its own record's,
+    however plain, enveloped, invalid and tombstone records mix."""
+    events = list(SessionFactory(5).events(len(kinds)))
+    values: list[bytes | None] = []
+    for kind, event in zip(kinds, events, strict=True):
+        body = encode(event)
+        values.append(
+            {
+                "event": body,
+                "framed": b"\x00\x00\x00\x00\x07" + body,  # Confluent's wire format
+                "tombstone": None,
+                "bad": b"{not json",
+                "too_large": body + b" " * 5000,
+            }[kind]
+        )
+    out = decode_many(values, [()] * len(values), 4096)
+    assert out.positions == sorted(out.positions)
+    assert [e.id for e in out.events] == [events[p].id for p in out.positions]
+    assert out.positions == [i for i, k in enumerate(kinds) if k in ("event", "framed")]

@@ -105,10 +105,21 @@ def test_window_memory_stays_at_its_capacity_after_a_million_distinct_ids() -> N
     after = deep_size(window)
 
     assert len(window) == size
-    # Nine hundred thousand more ids than it can hold, and no more memory for them.
-    assert after < 1.1 * at_capacity
+    # Nine hundred thousand more ids than it can hold, and no more memory for them (a dict
+    # keeps the slots of evicted ids until its next resize: up to ~1.2x, then back).
+    assert after < 1.25 * at_capacity
     assert high < 1.25 * at_capacity
     assert at_capacity / size < 300  # bytes per remembered id, the id itself included
     # What it holds is the newest ids, not arbitrary survivors.
     assert window.add(f"{total - 1:036d}") is False
     assert window.add(f"{total - size - 1:036d}") is True
+
+
+def test_with_owners_only_an_id_counted_by_another_owner_is_a_duplicate() -> None:
+    """Repeats within one partition are its log window's to decide: the worker-wide
+    window must not call them duplicates, or totals would depend on who read what."""
+    window = DedupWindow(10)
+    assert window.admit(["a", "b"], ("t", 0))[0] == []
+    assert window.admit(["a", "c"], ("t", 0))[0] == []  # "a" again on its own partition
+    assert window.admit(["c", "a", "d", "d"], ("t", 1))[0] == [0, 1]
+    assert window.admit(["x", "x"], ("t", 2))[0] == []  # twice in one partition's batch

@@ -19,6 +19,7 @@ from consumer.settings import (
     KAFKA_OPTIONS,
     PRODUCE_FLAGS,
     RUN_OPTIONS,
+    STORE_OPTIONS,
     ConfigError,
     Flag,
     HttpSettings,
@@ -90,7 +91,7 @@ def test_default_applies_without_flag_or_environment() -> None:
 
     assert s.metrics_port == 8000
     assert s.group_id == "session-metrics"
-    assert s.dedup_window == 100_000
+    assert s.dedup_window == 20_000
     assert s.cost_buckets == tuple(float(b) for b in DEFAULT_COST_BUCKETS.split(","))
     assert s.kafka.security_protocol == "PLAINTEXT"
     assert s.kafka.ssl_check_hostname is True
@@ -684,7 +685,9 @@ CONFIGURATION = Path(__file__).parent.parent / "docs" / "configuration.md"
 
 
 @pytest.mark.parametrize(
-    "options", [KAFKA_OPTIONS, RUN_OPTIONS, HTTP_OPTIONS], ids=["kafka", "run", "http"]
+    "options",
+    [KAFKA_OPTIONS, RUN_OPTIONS, HTTP_OPTIONS, STORE_OPTIONS],
+    ids=["kafka", "run", "http", "store"],
 )
 def test_configuration_guide_lists_every_option_as_the_settings_define_it(
     options: tuple[Option, ...],
