@@ -40,8 +40,26 @@ GZIP = 16 + zlib.MAX_WBITS
 
 class Scrapes(Protocol):
     def fold(self) -> Fold: ...
-    def served(self, fold: Fold) -> None: ...
+    def served(self, fold: Fold, who: str) -> None: ...
     def abandoned(self, fold: Fold) -> None: ...
+
+
+Identify = Callable[[web.Request], str]
+
+
+def scraper_identity(param: str = "scraper", header: str | None = None) -> Identify:
+    """Who a scraper is: the query parameter `param`, else the header `header` (a proxy's
+    X-Forwarded-For names the client it forwards for), else the peer address."""
+
+    def identify(request: web.Request) -> str:
+        named = request.query.get(param)
+        if named:
+            return f"{param}={named}"
+        if header is not None and (value := request.headers.get(header)):
+            return f"{header}={value.split(',')[0].strip()}"
+        return request.remote or "unknown"
+
+    return identify
 
 
 @dataclass(frozen=True)
@@ -113,7 +131,11 @@ def make_app(
     credentials: Credentials | None = None,
     business: BusinessText | None = None,
     scrapes: Scrapes | None = None,
+    *,
+    identify: Identify | None = None,
 ) -> web.Application:
+    who = identify or scraper_identity()
+
     async def metrics(request: web.Request) -> web.StreamResponse:
         # `name[]=...` as prometheus-client's own server has it: one family, cheaply.
         names = request.query.getall("name[]", [])
@@ -125,7 +147,7 @@ def make_app(
         except BaseException:
             scrapes.abandoned(fold)
             raise
-        scrapes.served(fold)  # the whole answer is written
+        scrapes.served(fold, who(request))  # the whole answer is written
         return response
 
     async def healthz(_: web.Request) -> web.Response:

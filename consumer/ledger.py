@@ -34,6 +34,8 @@ class PartitionState:
     """Kafka timestamp (s) of the last processed record."""
     served: int | None = None
     """Position covered by the last served scrape: what may be committed."""
+    published: int | None = None
+    """Position covered by the last fold, served or not (an answer cut off mid-way)."""
     committed: int | None = None
     fetch_position: int | None = None
     """The consumer's position as last looked up: for lag only, never committed. It can be
@@ -56,6 +58,8 @@ class Fold:
     revoke and a new assignment is another object, so a late `served` skips it)."""
 
     covered: tuple[tuple[Partition, PartitionState, int], ...]
+    publication: int = 0
+    """The number of the published state this scrape shows (consumer/scrapers.py)."""
 
 
 class Ledger:
@@ -80,6 +84,8 @@ class Ledger:
         """When a scrape was last served (start-up until the first)."""
         self._in_flight: set[Fold] = set()
         self._frozen = False
+        self.publication = 0
+        """Goes up whenever a fold publishes counts: the published state's number."""
 
     def __contains__(self, tp: Partition) -> bool:
         return tp in self._states
@@ -126,18 +132,21 @@ class Ledger:
         published: the scrape shows the published totals, which that commit covers.
         """
         if self._frozen:
-            return Fold(())
-        covered = []
+            return Fold((), self.publication)
+        covered, published = [], False
         for tp, s in self._states.items():
             if s.pending:
                 self._publish(s.pending)
                 s.pending = {}
+                published = True
             # Published ids stay in the dedup window: if this partition comes back from
             # the committed offset, their records are duplicates of what was shown.
             s.remembered = []
             if s.processed is not None:
                 covered.append((tp, s, s.processed))
-        fold = Fold(tuple(covered))
+                s.published = s.processed
+        self.publication += published
+        fold = Fold(tuple(covered), self.publication)
         self._in_flight.add(fold)
         return fold
 
@@ -169,14 +178,24 @@ class Ledger:
                 s.served = position
         self.last_served = self._clock()
 
-    def committable(self, partitions: Iterable[Partition] | None = None) -> dict[Partition, int]:
-        """Served positions not yet committed, of `partitions` (default: all)."""
+    def committable(
+        self, partitions: Iterable[Partition] | None = None, *, published: bool = False
+    ) -> dict[Partition, int]:
+        """Served positions not yet committed, of `partitions` (default: all).
+
+        `published`: for a hand-over or a stop, the published ones instead. Counts an
+        answer published but that was cut off are in this worker's totals: the next
+        scrape (or the final wait at a stop) shows them, so the next owner must not
+        count them again."""
         wanted = self._states.keys() if partitions is None else partitions
         out = {}
         for tp in wanted:
             s = self._states.get(tp)
-            if s is not None and s.served is not None and s.served != s.committed:
-                out[tp] = s.served
+            if s is None:
+                continue
+            position = s.published if published and s.published is not None else s.served
+            if position is not None and position != s.committed:
+                out[tp] = position
         return out
 
     def committed(self, offsets: dict[Partition, int]) -> None:
@@ -187,8 +206,8 @@ class Ledger:
 
     def withdraw(self, partitions: Iterable[Partition]) -> dict[Partition, int]:
         """Drop the partitions, their pending counts and their ids from the dedup window;
-        returns their served positions, which the caller commits."""
-        offsets = self.committable(partitions)
+        returns their published positions, which the caller commits."""
+        offsets = self.committable(partitions, published=True)
         for tp in list(partitions):
             s = self._states.pop(tp, None)
             if s is None:

@@ -54,10 +54,13 @@ class Committer:
                 extra={"scrapes": self._ledger.folds_in_flight, "timeout": SETTLE_TIMEOUT},
             )
 
-    async def commit_served(self, partitions: set[TopicPartition] | None = None) -> None:
-        """Commit the served positions (of `partitions`, default all) not yet committed."""
+    async def commit_served(
+        self, partitions: set[TopicPartition] | None = None, *, published: bool = False
+    ) -> None:
+        """Commit the served positions (of `partitions`, default all) not yet committed;
+        `published`: the published ones (a stop: see Ledger.committable)."""
         async with self._lock:
-            await self._commit(self._ledger.committable(partitions))
+            await self._commit(self._ledger.committable(partitions, published=published))
 
     async def commit(self, offsets: Mapping[Partition, int]) -> None:
         async with self._lock:

@@ -7,7 +7,7 @@ import signal
 from collections.abc import Awaitable, Callable
 
 from consumer.exposition import BusinessText
-from consumer.http import HttpServer, Probes, make_app
+from consumer.http import HttpServer, Probes, make_app, scraper_identity
 from consumer.security import metrics_credentials, metrics_tls_context
 from consumer.settings import Settings
 from consumer.worker import Worker
@@ -29,6 +29,7 @@ async def serve(
         metrics_credentials(settings.http),
         BusinessText(worker.metrics.business),
         worker,
+        identify=scraper_identity(settings.scraper_param, settings.scraper_header),
     )
     server = HttpServer(
         app, settings.metrics_host, settings.metrics_port, metrics_tls_context(settings.http)
@@ -48,6 +49,8 @@ async def serve(
             await on_started(worker, server)
         tune_gc()
         await worker.run()
+        # Out of the group now; the HTTP server still serves the final totals.
+        await worker.final_scrapes()
     finally:
         if handle_signals:
             for sig in (signal.SIGTERM, signal.SIGINT):

@@ -1,7 +1,7 @@
 """The Worker: I/O only. Fetches batches, dead-letters, commits what the ledger allows.
 
-Each batch flows one way: records -> decode -> (dead-letter) -> dedup ->
-aggregate (consumer/pipeline.py) -> pending counts per partition
+Each batch flows one way: records -> decode -> dedup (consumer/repeats.py) ->
+(dead-letter) -> aggregate (consumer/pipeline.py) -> pending counts per partition
 (consumer/ledger.py). A served scrape of /metrics publishes them and makes their
 offsets committable; a committer task commits them off the scrape's path. With
 `--commit-after batch` each batch is published and committed at once instead.
@@ -18,16 +18,19 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPa
 from aiokafka.errors import KafkaConnectionError, KafkaError
 
 from consumer.aggregate import Buckets
+from consumer.claims import StoreUnavailable
 from consumer.deadletter import DeadLetter, check_topic
-from consumer.dedup import DedupWindow
 from consumer.envelope import envelope_of
 from consumer.fetch import Fetcher
 from consumer.ledger import Fold, Ledger
 from consumer.logs import RateLimit
 from consumer.metrics import OUTCOMES, ConsumerMetrics, PartitionLag, ScrapeState
 from consumer.offsets import Committer
-from consumer.pipeline import BatchResult, Rejected, count, decode_batch
+from consumer.pipeline import BatchResult, DecodedBatch, Rejected, count, decode_batch
 from consumer.rebalance import HandOver
+from consumer.repeats import Repeats, open_store
+from consumer.restore import LogReader
+from consumer.scrapers import Scrapers, caught_up
 from consumer.security import client_kwargs, raise_if_refused
 from consumer.settings import Settings
 
@@ -57,9 +60,15 @@ class Worker:
         buckets = Buckets(settings.duration_buckets, settings.tokens_buckets, settings.cost_buckets)
         self.buckets = buckets
         self.metrics = metrics or ConsumerMetrics(buckets, settings.max_series)
-        self.dedup = DedupWindow(settings.dedup_window)
+        self.repeats = Repeats(
+            settings.dedup_window,
+            self._decode,
+            self.metrics,
+            open_store(settings.store, settings.group_id),
+        )
+        self.scrapers = Scrapers(settings.scraper_grace_intervals)
         self.ledger = Ledger(
-            self.metrics.business.apply, self.dedup.forget, on_settled=self._scrapes_settled
+            self.metrics.business.apply, self.repeats.forget, on_settled=self._scrapes_settled
         )
         self.metrics.register_lag(self.partition_lag)
         self.fetcher = Fetcher(settings.auto_offset_reset, self._processed_position)
@@ -69,19 +78,23 @@ class Worker:
         self.connected = False
         self.heartbeat = time.monotonic()
         self._stopping = asyncio.Event()
+        self._hurry = asyncio.Event()
+        """A second stop signal: do not wait for scrapers."""
         self._commit_wanted = asyncio.Event()
         self._invalid_logs = RateLimit()
         self._newest_event = 0.0
         self._consumer: AIOKafkaConsumer | None = None
         self._committer: Committer | None = None
         self._producer: AIOKafkaProducer | None = None
+        self._reader: LogReader | None = None
         self._dead_letter: DeadLetter | None = None
 
     # --- state read by the HTTP server -------------------------------------
 
     @property
     def ready(self) -> bool:
-        return self.connected and bool(self._consumer and self._consumer.assignment())
+        assigned = bool(self._consumer and self._consumer.assignment())
+        return self.connected and assigned and not self.repeats.store_down
 
     def healthy(self) -> bool:
         """False only when the consume loop has stopped iterating for `stall_timeout`.
@@ -99,9 +112,11 @@ class Worker:
         self.metrics.mark_published()
         return fold
 
-    def served(self, fold: Fold) -> None:
-        """That scrape's response is written: its positions may be committed now."""
+    def served(self, fold: Fold, who: str) -> None:
+        """`who`'s scrape response is written: its positions may be committed now."""
         self.ledger.served(fold)
+        self.scrapers.served(who, fold.publication)
+        self.metrics.scrapers.set(len(self.scrapers.active()))
         self._commit_wanted.set()
 
     def abandoned(self, fold: Fold) -> None:
@@ -153,8 +168,26 @@ class Worker:
     # --- lifecycle -----------------------------------------------------------
 
     def stop(self) -> None:
-        """Ask the loop to finish its batch, commit and close (signal handlers call this)."""
+        """Ask the loop to finish its batch, commit and close (signal handlers call this);
+        asked again, stop waiting for scrapers to fetch the final totals."""
+        if self._stopping.is_set():
+            self._hurry.set()
         self._stopping.set()
+
+    async def final_scrapes(self) -> None:
+        """Out of the group, with nothing more to publish: keep serving the final totals
+        until every active scraper has fetched them (consumer/scrapers.py)."""
+        publication, timeout = self.ledger.publication, self.settings.handover_timeout
+        behind = self.scrapers.behind(publication)
+        if not behind or not timeout:
+            return
+        log.info("waiting for scrapers to fetch the final totals", extra={"scrapers": behind})
+        started = time.monotonic()
+        left = await caught_up(self.scrapers, publication, timeout, self._hurry)
+        log.info(
+            "final totals served" if not left else "scrapers did not fetch the final totals",
+            extra={"seconds": round(time.monotonic() - started, 3), "behind": left},
+        )
 
     async def run(self) -> None:
         """Connect (retrying), consume until stop(), drain within the timeout, commit, close.
@@ -185,7 +218,7 @@ class Worker:
             # they show is what the final commit covers.
             self.ledger.freeze()
             await self._committer.after_scrapes_in_flight()
-            await self._bounded(self._committer.commit_served(), "final commit")
+            await self._bounded(self._committer.commit_served(published=True), "final commit")
         finally:
             for task in tasks:
                 task.cancel()
@@ -240,12 +273,18 @@ class Worker:
                 continue
             self._consumer = consumer
             self._committer = Committer(consumer, self.ledger, self.metrics)
+            await self._start_reader(kwargs)
             if s.dlq_topic:
                 # Before subscribing: a consumer not yet joining its group stops at once.
                 await self._start_dead_letter(s.dlq_topic, kwargs)
             self.heartbeat = time.monotonic()
             listener = HandOver(
-                self.ledger, self._committer, self.batch_lock, self.metrics, s.group_id
+                self.ledger,
+                self._committer,
+                self.batch_lock,
+                self.metrics,
+                s.group_id,
+                on_assigned=self.repeats.assigned,
             )
             consumer.subscribe(list(s.topic), listener=listener)
             self.connected = True
@@ -255,6 +294,28 @@ class Worker:
             )
             return True
         return False
+
+    async def _start_reader(self, kwargs: dict[str, Any]) -> None:
+        """The log windows' reader, and a first word with the claim store (a store that
+        refuses us stops the worker here, window or not)."""
+        s = self.settings
+        try:
+            if s.dedup_window:
+                self._reader = LogReader(
+                    s.isolation_level, max(1048576, s.max_message_bytes), **kwargs
+                )
+                await self._reader.start()
+                self.repeats.reader = self._reader
+            await self.repeats.check_store()
+        except BaseException:
+            await self._close()
+            raise
+
+    def _decode(self, batch: Batch) -> DecodedBatch:
+        s = self.settings
+        return decode_batch(
+            batch, s.max_message_bytes, strict_keys=s.reject_duplicate_keys, envelope=envelope_of(s)
+        )
 
     async def _start_dead_letter(self, topic: str, kwargs: dict[str, Any]) -> None:
         self._producer = AIOKafkaProducer(
@@ -279,6 +340,9 @@ class Worker:
         for client in (self._consumer, self._producer):
             if client is not None:
                 await self._bounded(_stop_client(client), f"{type(client).__name__} stop")
+        if self._reader is not None:
+            await self._bounded(self._reader.stop(), "log reader stop")
+        await self._bounded(self.repeats.close(), "dedup store close")
         self.connected = False
         # What this process counted, for operators reading why totals moved (and for
         # tests that stop real processes): its counters vanish with it.
@@ -312,6 +376,8 @@ class Worker:
         assert consumer is not None
         while not self._stopping.is_set():
             self.heartbeat = time.monotonic()
+            if self.repeats.store_down:
+                await self.repeats.hold_until_store_answers(consumer)
             batch = await self.fetcher.getmany(
                 consumer, timeout_ms=500, max_records=self.settings.max_batch_records
             )
@@ -346,22 +412,36 @@ class Worker:
     async def _process(self, batch: Batch) -> None:
         started = time.perf_counter()
         s = self.settings
-        decoded = decode_batch(
-            batch, s.max_message_bytes, strict_keys=s.reject_duplicate_keys, envelope=envelope_of(s)
-        )
+        await self.repeats.prepare(batch)
+        try:
+            decoded, repeats = await self.repeats.judge(batch)
+        except StoreUnavailable as exc:
+            self._hold(batch, exc)
+            return
         dead = await self._send_dead_letters(decoded.rejected)
         # From here on nothing awaits: the batch lands in the ledger whole.
-        result = count(decoded, self.dedup, self.buckets, self.metrics.business.admit)
+        result = count(
+            decoded, self.repeats.cross, self.buckets, self.metrics.business.admit, repeats
+        )
         for tp, counted in result.partitions.items():
             self.ledger.record(tp, batch[tp][0].offset, counted)
         self._count_outcomes(result, decoded.rejected, dead)
         self.metrics.batch_seconds.observe(time.perf_counter() - started)
         self.metrics.batch_records.observe(sum(map(len, batch.values())))
+        self.metrics.dedup_ids.set(len(self.repeats.windows))
         if s.commit_after == "batch":
             # Published and committed before the next fetch, as if scraped at once.
             self.ledger.served(self.fold())
             assert self._committer is not None
             await self._committer.commit_served()
+
+    def _hold(self, batch: Batch, error: StoreUnavailable) -> None:
+        """The claim store did not answer: nothing of the batch is counted; its partitions
+        go back to its first records, and every partition waits for the store."""
+        assert self._consumer is not None
+        for tp, records in batch.items():
+            self._consumer.seek(tp, records[0].offset)
+        self.repeats.lost_store(error)
 
     async def _send_dead_letters(self, rejected: list[Rejected]) -> tuple[int, int]:
         if not rejected or self._dead_letter is None:
@@ -446,7 +526,8 @@ class Worker:
                 "no scrape served in time: committing unscraped records",
                 extra={"max_unscraped_seconds": limit, "records": pending},
             )
-            self.served(self.fold())
+            self.ledger.served(self.fold())
+            self._commit_wanted.set()
 
     async def _learn_positions(self, consumer: AIOKafkaConsumer) -> None:
         # A partition with nothing to read yet has no processed record, and a transactional

@@ -1,6 +1,7 @@
 """Expected totals of a synthetic corpus, computed the plain way (one event at a time)."""
 
 from collections import defaultdict
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry
@@ -90,3 +91,31 @@ def expected_samples(events: list[CreateSessionResponseBody]) -> dict[SampleKey,
             out[(f"{name}_count", ws, proj, "")] += 1
             out[(f"{name}_sum", ws, proj, "")] += value
     return dict(out)
+
+
+def counted_by_window(
+    partitions: Iterable[Sequence[CreateSessionResponseBody]], window: int
+) -> list[CreateSessionResponseBody]:
+    """The events that count when each partition's log (its events in offset order, one
+    per offset) is read with the log-window rule: a record at offset o whose session id
+    also sits at an offset in [o - window, o) of the same partition is a repeat."""
+    out = []
+    for log in partitions:
+        last: dict[str, int] = {}
+        for offset, e in enumerate(log):
+            before = last.get(e.id)
+            if before is None or before < offset - window:
+                out.append(e)
+            last[e.id] = offset
+    return out
+
+
+def counted_once(events: Iterable[CreateSessionResponseBody]) -> list[CreateSessionResponseBody]:
+    """Each session id's first event: what counts when every repeat, anywhere, is caught."""
+    seen: set[str] = set()
+    out = []
+    for e in events:
+        if e.id not in seen:
+            seen.add(e.id)
+            out.append(e)
+    return out

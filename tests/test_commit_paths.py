@@ -6,14 +6,18 @@ what a commit still under way or failed at that moment looks like.
 """
 
 import asyncio
+import socket
+import struct
 
 import aiohttp
+import msgspec
 import pytest
 from aiokafka import AIOKafkaProducer
 
 from consumer.broker import EmbeddedBroker
 from consumer.produce import produce
 from consumer.settings import Settings
+from consumer.synthetic import encode
 from consumer.worker import Worker
 from tests.conftest import Running, TopicFactory, WorkerFactory, eventually, settings_for
 from tests.corpus import corpus, expected_totals, series_values
@@ -252,3 +256,48 @@ async def test_max_unscraped_seconds_commits_when_nobody_scrapes(
     await eventually(lambda: committed_total(broker, settings, topic, 400), within=20)
     published = await peek(run, "llm_sessions_total")
     assert sum(published.series("llm_sessions_total").values()) == 400
+
+
+async def test_a_scraper_that_hangs_up_mid_answer_makes_nothing_committable(
+    broker: EmbeddedBroker,
+    new_topic: TopicFactory,
+    producer: AIOKafkaProducer,
+    start_worker: WorkerFactory,
+) -> None:
+    """A cut-off answer was not seen by anyone: its positions must not be committed, and
+    its client is not a scraper that was served anything."""
+    topic = await new_topic(partitions=2)
+    events = [
+        msgspec.structs.replace(e, workspace_id=f"w-{i}")
+        for i, e in enumerate(corpus(seed=11, count=3000))
+    ]
+    for e in events:  # 3000 series: an answer of ~16 MB, far more than socket buffers hold
+        await producer.send(topic, encode(e))
+    await producer.flush()
+    settings = settings_for(broker.bootstrap, topic)
+    run = await start_worker(settings)
+    await eventually(lambda: run.counted() == 3000)
+
+    for _ in range(2):  # twice: a client that scraped twice would be an active scraper
+        await asyncio.to_thread(hang_up_mid_answer, run.server.port)
+        await asyncio.sleep(0.5)
+    await asyncio.sleep(1.0)
+
+    assert await committed(broker.bootstrap, settings.group_id, topic, 2) == {0: 0, 1: 0}
+    assert run.worker.scrapers.active() == []
+    published = await peek(run, "llm_sessions_total")  # published all the same: shown next time
+    assert sum(published.series("llm_sessions_total").values()) == 3000
+    await run.scrape()
+    await eventually(lambda: committed_total(broker, settings, topic, 3000))
+
+
+def hang_up_mid_answer(port: int) -> None:
+    """GET /metrics, read the first few KB, then reset the connection."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", port))
+        sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        got = 0
+        while got < 8192:
+            got += len(sock.recv(4096))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
