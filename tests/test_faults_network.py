@@ -114,7 +114,12 @@ async def test_resets_and_stalls_crash_nothing_and_lose_nothing(tmp_path: Path) 
         args = ("--bootstrap-servers", bootstrap, "--topic", "sessions", "--group-id", "g")
         try:
             async with workers(
-                tmp_path, *args, "--drain-timeout", str(DRAIN_TIMEOUT), *FAST_GROUP, *BATCH_COMMITS
+                tmp_path,
+                *args,
+                *("--drain-timeout", str(DRAIN_TIMEOUT), *FAST_GROUP, *BATCH_COMMITS),
+                # The bound on trial is the drain's and the close steps'; the test polls
+                # full /metrics, so it is a scraper a stop would otherwise wait for too.
+                *("--handover-timeout", "0"),
             ) as ws:
                 worker = await ws.start()
                 stream = Stream(producer, "sessions", events, rate=EVENTS / (CYCLES * 30.0))
