@@ -18,6 +18,7 @@ from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from operator import itemgetter
+from typing import Any
 
 Range = tuple[int, int]
 """Offsets [start, end) of one partition to read back."""
@@ -37,7 +38,7 @@ class _Chunk:
 class PartitionWindow:
     """The ids of one partition's events at offsets [lo, hi), newest occurrence per id."""
 
-    __slots__ = ("_chunks", "_where", "hi", "lo", "size")
+    __slots__ = ("_checked", "_chunks", "_where", "hi", "lo", "size")
 
     def __init__(self, size: int, lo: int) -> None:
         self.size = size
@@ -46,6 +47,10 @@ class PartitionWindow:
         self.hi = lo
         self._where: dict[str, int] = {}
         self._chunks: deque[_Chunk] = deque()
+        self._checked = 0
+        """The oldest chunks whose ids may have been seen again since: on eviction, each
+        id is checked before it goes. Chunks taken in with no id known before need no
+        check, which spares the usual eviction a dict lookup per id."""
 
     def __len__(self) -> int:
         return len(self._where)
@@ -54,19 +59,23 @@ class PartitionWindow:
         self, offsets: Sequence[int], ids: Sequence[str], first: int, end: int
     ) -> list[int]:
         """Take in the events of the records [first, end) (in offset order); returns the
-        positions in `ids` that repeat an id of the window (or of an earlier one here)."""
+        positions in `ids` that repeat an id of the window (or of an earlier one here).
+        The window keeps the lists it is given (lists: the caller's, not copied)."""
         where = self._where
         repeats: list[int] = []
-        if where.keys().isdisjoint(ids):
+        clean = where.keys().isdisjoint(ids)
+        if clean:
             before = len(where)
             where.update(zip(ids, offsets, strict=True))
             if len(where) - before != len(ids):  # a repeat inside this batch: decide again
                 for session_id in ids:
                     where.pop(session_id, None)
-                repeats = self._one_by_one(offsets, ids)
-        else:
+                clean = False
+        if not clean:
             repeats = self._one_by_one(offsets, ids)
-        self._chunks.append(_Chunk(first, end - 1, list(offsets), list(ids)))
+        self._chunks.append(_Chunk(first, end - 1, _as_list(offsets), _as_list(ids)))
+        if not clean:
+            self._checked = len(self._chunks)
         self.hi = max(self.hi, end)
         self._evict()
         return repeats
@@ -84,7 +93,11 @@ class PartitionWindow:
         chunks, where, floor = self._chunks, self._where, self.hi - self.size
         while chunks and chunks[0].last < floor:
             old = chunks.popleft()
-            _forget(where, old)
+            if self._checked:
+                self._checked -= 1
+                _forget(where, old)
+            else:  # each of its ids still points here: drop them in C
+                deque(map(where.__delitem__, old.ids), maxlen=0)
             self.lo = old.last + 1
 
     def truncate(self, end: int) -> None:
@@ -126,6 +139,11 @@ class PartitionWindow:
         for c in self._chunks:  # oldest first: a later occurrence overwrites
             where.update(zip(c.ids, c.offsets, strict=True))
         self._where = where
+        self._checked = len(self._chunks)
+
+
+def _as_list(values: Sequence[Any]) -> list[Any]:
+    return values if type(values) is list else list(values)
 
 
 def _forget(where: dict[str, int], old: _Chunk) -> None:
@@ -133,7 +151,7 @@ def _forget(where: dict[str, int], old: _Chunk) -> None:
     ids = old.ids
     if len(ids) > 1:
         try:
-            # The common case, in C: none of its ids came again, all still point here.
+            # Often still true, in C: none of its ids came again, all still point here.
             if list(itemgetter(*ids)(where)) == old.offsets:
                 deque(map(where.__delitem__, ids), maxlen=0)
                 return
