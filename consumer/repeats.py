@@ -14,7 +14,8 @@ Three layers, each asked only about what the one before let through:
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
@@ -31,7 +32,8 @@ log = logging.getLogger(__name__)
 STORE_RETRY = 1.0
 """Seconds between pings of an unreachable claim store."""
 
-Decode = Callable[[dict[TopicPartition, list[ConsumerRecord]]], DecodedBatch]
+Batch = dict[TopicPartition, list[ConsumerRecord]]
+Decode = Callable[[Batch], DecodedBatch]
 
 
 STORE_YIELDS = 10
@@ -66,6 +68,27 @@ def open_store(settings: StoreSettings | None, group_id: str) -> ClaimStore | No
     return connect(settings, f"session-metrics:{group_id}:")
 
 
+@dataclass(slots=True)
+class Verdict:
+    """A batch decoded and judged by its log windows; its claims perhaps still out."""
+
+    batch: Batch
+    generation: int
+    """The ledger's generation when the batch was fetched: a rebalance since voids it."""
+    decoded: DecodedBatch
+    repeats: dict[Partition, list[int]]
+    asked: list[tuple[Partition, list[int], "asyncio.Task[list[bool]]"]]
+    """Per partition: the positions it claimed, and the store's answers to come."""
+
+    @property
+    def ready(self) -> bool:
+        """Nothing to wait for (no claim store, or nothing to claim)."""
+        return not self.asked
+
+    def starts(self) -> dict[TopicPartition, int]:
+        return {tp: records[0].offset for tp, records in self.batch.items()}
+
+
 class Repeats:
     def __init__(
         self,
@@ -97,7 +120,7 @@ class Repeats:
         if self.cross is not None:
             self.cross.forget(ids)
 
-    async def prepare(self, batch: Mapping[TopicPartition, Sequence[ConsumerRecord]]) -> None:
+    async def prepare(self, batch: Batch) -> None:
         """Before a partition's first batch since its assignment: read back what its log
         window lacks, counting nothing."""
         ranges: dict[TopicPartition, list[Range]] = {}
@@ -133,45 +156,62 @@ class Repeats:
 
     # --- the verdict -------------------------------------------------------------
 
-    async def judge(
-        self, batch: Mapping[TopicPartition, list[ConsumerRecord]]
-    ) -> tuple[DecodedBatch, dict[Partition, list[int]]]:
-        """Decode `batch` and find its repeats: positions (in each partition's events)
-        the log window and the claim store call repeats. A partition at a time: its
-        claims go out to the store while the next partition decodes, so the worker's
-        CPU and the store's overlap. Raises StoreUnavailable with the batch forgotten
-        again (nothing of it counts)."""
-        decoded = DecodedBatch({}, [])
-        repeats: dict[Partition, list[int]] = {}
-        asked: list[tuple[Partition, list[int], asyncio.Task[list[list[bool]]]]] = []
+    async def start(self, batch: Batch, generation: int) -> "Verdict":
+        """Decode `batch` and judge it by its log windows (read back first where a
+        partition is new here), a partition at a time; each partition's claims go out to
+        the store while the next one decodes. The claims' answers are not waited for: the
+        worker fetches and starts the next batch meanwhile, so its CPU and the store's
+        overlap, then `settle`s this one."""
+        await self.prepare(batch)
+        verdict = Verdict(batch, generation, DecodedBatch({}, []), {}, [])
+        for tp, records in batch.items():
+            part = self._decode({tp: records})
+            verdict.decoded.partitions.update(part.partitions)
+            verdict.decoded.rejected.extend(part.rejected)
+            c = in_log(part, self.windows)[tp]
+            verdict.repeats[tp] = c.repeats
+            if self.store is not None and (claim := _claim(tp, c.ids, c.offsets, c.repeats)):
+                keep, claims = claim
+                verdict.asked.append((tp, keep, asyncio.create_task(self._claim(claims))))
+                await _let_it_go_out()
+        return verdict
+
+    async def _claim(self, claims: PartitionClaims) -> list[bool]:
+        assert self.store is not None
         started = time.perf_counter()
+        (answers,) = await self.store.claim([claims])
+        self._metrics.store_seconds.observe(time.perf_counter() - started)
+        return answers
+
+    async def settle(self, verdict: "Verdict") -> tuple[DecodedBatch, dict[Partition, list[int]]]:
+        """The batch's events and, per partition, the positions (in its events) that the
+        log window and the claim store call repeats. Raises StoreUnavailable with the
+        batch forgotten again (nothing of it counts)."""
+        repeats = verdict.repeats
         try:
-            for tp, records in batch.items():
-                part = self._decode({tp: records})
-                decoded.partitions.update(part.partitions)
-                decoded.rejected.extend(part.rejected)
-                c = in_log(part, self.windows)[tp]
-                repeats[tp] = c.repeats
-                if self.store is not None and (claim := _claim(tp, c.ids, c.offsets, c.repeats)):
-                    keep, claims = claim
-                    asked.append((tp, keep, asyncio.create_task(self.store.claim([claims]))))
-                    await _let_it_go_out()
-            for tp, keep, task in asked:
-                (counts,) = await task
-                found = [i for i, ok in zip(keep, counts, strict=True) if not ok]
+            for tp, keep, task in verdict.asked:
+                answers = await task
+                found = [i for i, ok in zip(keep, answers, strict=True) if not ok]
                 if found:
                     repeats[tp] = sorted([*repeats[tp], *found])
         except StoreUnavailable:
-            for _, _, task in asked:
-                task.cancel()
-            await asyncio.gather(*(t for _, _, t in asked), return_exceptions=True)
-            for tp, records in batch.items():
-                self.windows.rewind(tp, records[0].offset)
+            await self.abandon(verdict)
             self._metrics.store_errors.inc()
             raise
-        if asked:
-            self._metrics.store_seconds.observe(time.perf_counter() - started)
-        return decoded, repeats
+        verdict.asked.clear()
+        return verdict.decoded, repeats
+
+    async def abandon(self, verdict: "Verdict") -> None:
+        """The batch will not be counted: its claims are called off (those already made
+        stay, at its own positions: its next reader counts them) and its records leave
+        the log windows."""
+        tasks = [task for _, _, task in verdict.asked]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        verdict.asked.clear()
+        for tp, records in verdict.batch.items():
+            self.windows.rewind(tp, records[0].offset)
 
     # --- an unreachable store ----------------------------------------------------
 

@@ -28,7 +28,7 @@ from consumer.metrics import OUTCOMES, ConsumerMetrics, PartitionLag, ScrapeStat
 from consumer.offsets import Committer
 from consumer.pipeline import BatchResult, DecodedBatch, Rejected, count, decode_batch
 from consumer.rebalance import HandOver
-from consumer.repeats import Repeats, open_store
+from consumer.repeats import Repeats, Verdict, open_store
 from consumer.restore import LogReader
 from consumer.scrapers import Scrapers, caught_up
 from consumer.security import client_kwargs, raise_if_refused
@@ -88,6 +88,9 @@ class Worker:
         self._producer: AIOKafkaProducer | None = None
         self._reader: LogReader | None = None
         self._dead_letter: DeadLetter | None = None
+        self._in_flight: Verdict | None = None
+        """A judged batch whose claims are still out (with a claim store): counted once
+        the next batch is started, or when no next batch comes."""
 
     # --- state read by the HTTP server -------------------------------------
 
@@ -124,7 +127,10 @@ class Worker:
         self.ledger.abandoned(fold)
 
     def _processed_position(self, tp: TopicPartition) -> int | None:
-        """Where processing of `tp` stands (None: nothing processed since its assignment)."""
+        """Where processing of `tp` stands (None: nothing processed since its assignment).
+        A batch in flight counts as processed: it is counted, or else sought back to."""
+        if self._in_flight is not None and (records := self._in_flight.batch.get(tp)):
+            return int(records[-1].offset) + 1
         return self.ledger.state(tp).processed if tp in self.ledger else None
 
     def _scrapes_settled(self) -> None:
@@ -382,6 +388,7 @@ class Worker:
                 consumer, timeout_ms=500, max_records=self.settings.max_batch_records
             )
             if not batch:
+                await self._settle_in_flight()  # nothing came to overlap with
                 continue
             # aiokafka returned these for the assignment of this moment; a revoke from
             # here to the lock withdraws their partitions (and resets the positions).
@@ -391,7 +398,8 @@ class Worker:
                 if self.ledger.generation != generation:
                     self._drop(batch)
                 else:
-                    await self._process(batch)
+                    await self._process(batch, generation)
+        await self._settle_in_flight()
 
     async def _let_fetch_go_out(self) -> None:
         # getmany() drained the fetch buffer, which wakes aiokafka's fetch task;
@@ -409,15 +417,42 @@ class Worker:
             extra={"records": sum(map(len, batch.values()))},
         )
 
-    async def _process(self, batch: Batch) -> None:
+    async def _process(self, batch: Batch, generation: int) -> None:
+        """Start judging `batch`, then count the batch before it, whose claims were out
+        while this one was fetched and decoded; this one is counted now if it waits for
+        nothing (no claim store), else after the next."""
         started = time.perf_counter()
-        s = self.settings
-        await self.repeats.prepare(batch)
-        try:
-            decoded, repeats = await self.repeats.judge(batch)
-        except StoreUnavailable as exc:
-            self._hold(batch, exc)
+        verdict = await self.repeats.start(batch, generation)
+        earlier, self._in_flight = self._in_flight, None
+        if earlier is not None and not await self._count(earlier, then=verdict):
             return
+        if verdict.ready:
+            await self._count(verdict)
+        else:
+            self._in_flight = verdict
+        self.metrics.batch_seconds.observe(time.perf_counter() - started)
+
+    async def _settle_in_flight(self) -> None:
+        async with self.batch_lock:
+            earlier, self._in_flight = self._in_flight, None
+            if earlier is not None:
+                await self._count(earlier)
+
+    async def _count(self, verdict: Verdict, then: Verdict | None = None) -> bool:
+        """Count a judged batch into the ledger; False if the claim store failed it (and
+        `then`, the batch after it, with it: neither counts, both are read again)."""
+        batch = verdict.batch
+        if verdict.generation != self.ledger.generation:
+            await self.repeats.abandon(verdict)
+            self._drop(batch)
+            return True
+        try:
+            decoded, repeats = await self.repeats.settle(verdict)
+        except StoreUnavailable as exc:
+            if then is not None:
+                await self.repeats.abandon(then)
+            self._hold([verdict] if then is None else [verdict, then], exc)
+            return False
         dead = await self._send_dead_letters(decoded.rejected)
         # From here on nothing awaits: the batch lands in the ledger whole.
         result = count(
@@ -426,21 +461,24 @@ class Worker:
         for tp, counted in result.partitions.items():
             self.ledger.record(tp, batch[tp][0].offset, counted)
         self._count_outcomes(result, decoded.rejected, dead)
-        self.metrics.batch_seconds.observe(time.perf_counter() - started)
         self.metrics.batch_records.observe(sum(map(len, batch.values())))
         self.metrics.dedup_ids.set(len(self.repeats.windows))
-        if s.commit_after == "batch":
+        if self.settings.commit_after == "batch":
             # Published and committed before the next fetch, as if scraped at once.
             self.ledger.served(self.fold())
             assert self._committer is not None
             await self._committer.commit_served()
+        return True
 
-    def _hold(self, batch: Batch, error: StoreUnavailable) -> None:
-        """The claim store did not answer: nothing of the batch is counted; its partitions
-        go back to its first records, and every partition waits for the store."""
+    def _hold(self, verdicts: list[Verdict], error: StoreUnavailable) -> None:
+        """The claim store did not answer: nothing of these batches is counted; their
+        partitions go back to their first records, and every partition waits for the store."""
         assert self._consumer is not None
-        for tp, records in batch.items():
-            self._consumer.seek(tp, records[0].offset)
+        starts: dict[TopicPartition, int] = {}
+        for verdict in verdicts:  # in fetch order: the first start of each partition
+            starts = verdict.starts() | starts
+        for tp, offset in starts.items():
+            self._consumer.seek(tp, offset)
         self.repeats.lost_store(error)
 
     async def _send_dead_letters(self, rejected: list[Rejected]) -> tuple[int, int]:

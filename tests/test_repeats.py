@@ -2,12 +2,14 @@
 process. A new worker reads it back before counting, so a session sent again with the same
 key counts once after a restart, whoever reads the partition."""
 
-from collections.abc import Iterator
+import asyncio
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaProducer
 
+from consumer.claims import MemoryClaims, PartitionClaims, StoreUnavailable
 from consumer.synthetic import encode
 from schemas import CreateSessionResponseBody
 from tests.conftest import Broker, Running, TopicFactory, WorkerFactory, eventually, settings_for
@@ -146,3 +148,60 @@ def read_outcomes(run: Running) -> float:
 
 async def not_ready(run: Running) -> bool:
     return not await run.is_ready()
+
+
+class GatedClaims(MemoryClaims):
+    """The claim rule in memory, its answers held at a gate the test opens, reachable or
+    not as the test says: so the test knows which batches are out at a failure."""
+
+    def __init__(self) -> None:
+        super().__init__(ttl=3600)
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self.waiting = 0
+        self.down = False
+
+    async def claim(self, batch: Sequence[PartitionClaims]) -> list[list[bool]]:
+        self.waiting += 1
+        try:
+            await self.gate.wait()
+        finally:
+            self.waiting -= 1
+        if self.down:
+            raise StoreUnavailable("test: the store is down")
+        return await super().claim(batch)
+
+    async def ping(self) -> None:
+        if self.down:
+            raise StoreUnavailable("test: the store is down")
+
+
+async def test_a_store_failure_sends_back_the_batch_out_and_the_one_started_after_it(
+    broker: Broker,
+    new_topic: TopicFactory,
+    producer: AIOKafkaProducer,
+    start_worker: WorkerFactory,
+) -> None:
+    """A batch's claims are out while the next batch is fetched and judged; the store
+    fails the first: neither counts, and both are read again once it answers."""
+    topic = await new_topic(partitions=2)
+    worker = await start_worker(settings_for(broker.bootstrap, topic, **FAST_GROUP))
+    store = GatedClaims()
+    worker.worker.repeats.store = store
+    await eventually(worker.is_ready, within=60)
+    events = corpus(seed=64, count=20)
+    store.gate.clear()
+    for partition, part in ((0, events[:10]), (1, events[10:])):
+        futures = [await producer.send(topic, encode(e), partition=partition) for e in part]
+        for f in futures:
+            await f
+        # One batch's claims out, then two: the second batch started behind the first.
+        out = partition + 1
+        await eventually(lambda: store.waiting == out, within=30)  # noqa: B023
+    store.down = True
+    store.gate.set()
+    await eventually(lambda: not_ready(worker), within=30)
+    assert read_outcomes(worker) == 0
+    store.down = False
+    await eventually(lambda: read_outcomes(worker) == 20, within=60)
+    assert sessions(await worker.scrape()) == 20
