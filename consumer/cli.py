@@ -90,12 +90,26 @@ def _kafka_reason(exc: KafkaError) -> str:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from consumer.service import serve  # noqa: PLC0415  # keep `--help` and config errors fast
+    from consumer.http import CannotListen  # noqa: PLC0415  # keep `--help` and config errors fast
+    from consumer.service import serve  # noqa: PLC0415
 
     settings = run_settings(args)
     logs.configure(settings.log_level)
-    asyncio.run(serve(settings))
+    try:
+        asyncio.run(serve(settings))
+    except CannotListen as exc:
+        return _cannot_listen(
+            exc,
+            "--metrics-port / SESSION_METRICS_METRICS_PORT, "
+            "or --metrics-host / SESSION_METRICS_METRICS_HOST",
+        )
     return 0
+
+
+def _cannot_listen(exc: Exception, settings: str) -> int:
+    # Not a configuration error (exit 2): the value is valid, the machine's state is not.
+    print(f"session-metrics: {exc} (check {settings})", file=sys.stderr)
+    return 1
 
 
 def _produce(args: argparse.Namespace) -> int:
@@ -137,8 +151,14 @@ def _produce(args: argparse.Namespace) -> int:
 
 def _demo(args: argparse.Namespace) -> int:
     from consumer.demo import demo  # noqa: PLC0415
+    from consumer.http import CannotListen  # noqa: PLC0415
 
     logs.configure("error")  # the demo sends malformed events on purpose
-    with own_foreground():  # Ctrl-C to the demo only: `make demo` then exits 0, not 130
-        asyncio.run(demo(port=args.metrics_port, rate=args.rate, duration=args.duration or None))
+    try:
+        with own_foreground():  # Ctrl-C to the demo only: `make demo` then exits 0, not 130
+            asyncio.run(
+                demo(port=args.metrics_port, rate=args.rate, duration=args.duration or None)
+            )
+    except CannotListen as exc:
+        return _cannot_listen(exc, '--metrics-port, e.g. make demo ARGS="--metrics-port 8001"')
     return 0

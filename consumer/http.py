@@ -16,6 +16,8 @@ import binascii
 import hashlib
 import hmac
 import logging
+import os
+import socket
 import ssl
 import zlib
 from collections.abc import Awaitable, Callable, Iterator
@@ -199,6 +201,23 @@ async def _write(response: web.StreamResponse, chunks: Iterator[bytes], gzipped:
         await response.write(compressor.flush())
 
 
+class CannotListen(Exception):
+    """The server's address is taken, not ours, or unknown; str() is one line naming it.
+
+    asyncio's own error buries the reason in a traceback of the event loop's internals,
+    and the reason (usually "address already in use") is what a user acts on.
+    """
+
+    def __init__(self, host: str, port: int, cause: OSError) -> None:
+        self.host, self.port = host, port
+        if isinstance(cause, socket.gaierror) or not cause.errno or cause.errno < 0:
+            self.reason = cause.strerror or str(cause)
+        else:
+            self.reason = os.strerror(cause.errno)
+        shown = f"[{host}]" if ":" in host else host
+        super().__init__(f"cannot listen on {shown}:{port}: {self.reason.lower()}")
+
+
 class HttpServer:
     """Start/stop wrapper; `port` is the bound port (useful with port 0 in tests).
 
@@ -218,9 +237,14 @@ class HttpServer:
         return "http" if self._ssl_context is None else "https"
 
     async def start(self) -> None:
+        """Bind and listen; raises CannotListen when the address cannot be had."""
         await self._runner.setup()
         site = web.TCPSite(self._runner, self._host, self.port, ssl_context=self._ssl_context)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            await self._runner.cleanup()
+            raise CannotListen(self._host, self.port, exc) from None
         # aiohttp has no public accessor for the bound port (needed with port 0).
         sockets = getattr(site._server, "sockets", None)
         if sockets:

@@ -8,6 +8,7 @@ import re
 import select
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -459,3 +460,23 @@ def read_terminal(fd: int, until: Callable[[str], bool], within: float) -> str:
                 break
     assert until(text) or within <= 1, f"no demo summary on the terminal:\n{text[-2000:]}"
     return text
+
+
+# --- the metrics server's address ---------------------------------------------------------------
+
+
+def test_port_in_use_exits_1_with_one_line_naming_the_setting_and_the_address() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+
+        result = run_cli(*RUN, "--metrics-host", "127.0.0.1", "--metrics-port", str(port))
+
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith(
+        f"session-metrics: cannot listen on 127.0.0.1:{port}: address already in use "
+        "(check --metrics-port / SESSION_METRICS_METRICS_PORT"
+    )
+
