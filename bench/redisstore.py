@@ -91,10 +91,12 @@ class RedisStore:
             client.flushall()
 
     def held(self) -> dict[str, float]:
-        """What the claims of the last round take in Redis: keys and used memory."""
+        """What the claims of the last round take in Redis: claims (fields of the span
+        hashes, consumer/redisclaims.py) and used memory."""
         with Redis(port=self.port) as client:
             memory = client.info("memory")
-            return {"keys": float(client.dbsize()), "used_mb": memory["used_memory"] / 2**20}
+            claims = sum(client.hlen(key) for key in client.scan_iter(count=1000))
+            return {"claims": float(claims), "used_mb": memory["used_memory"] / 2**20}
 
     def _stop(self) -> None:
         if self._proc is not None and self._proc.poll() is None:

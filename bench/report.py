@@ -41,7 +41,7 @@ class Results:
     others: dict[str, BrokerRuns] = field(default_factory=dict)
     """By broker name: the same rounds on the other brokers of the run."""
     store: dict[str, float] = field(default_factory=dict)
-    """What the store contender's last round left in Redis (keys, used_mb, claim_bytes);
+    """What the store contender's last round left in Redis (claims, used_mb, claim_bytes);
     empty when the run had no store contender."""
     dedup_memory: dict[str, float] = field(default_factory=dict)
     """bench/dedupmem.py's figures at the defaults."""

@@ -76,7 +76,7 @@ async def rounds(
             runs[name].append(timed)
             if name == STORE and redis is not None:
                 held = redis.held()
-                held["claim_bytes"] = (held["used_mb"] - empty) * 2**20 / max(held["keys"], 1)
+                held["claim_bytes"] = (held["used_mb"] - empty) * 2**20 / max(held["claims"], 1)
             print(f"  round {r + 1}: {name:<15} {timed.rate:>10,.0f} events/s", flush=True)
         two = await one(cs["project"], f"two-{r}", logs, events, workers=2)
         runs["project x2"].append(two)
