@@ -18,6 +18,7 @@ from prometheus_client import (
     Gauge,
     Histogram,
     Info,
+    ProcessCollector,
     disable_created_metrics,
 )
 from prometheus_client.core import (
@@ -405,6 +406,14 @@ class ConsumerMetrics:
 
     def register_unreadable(self, read: Callable[[], Iterable[Held]]) -> None:
         self.operational.register(UnreadableCollector(read))
+
+    def register_process(self) -> None:
+        """process_* (memory, CPU, fds, start time): what Prometheus users expect of every
+        target. Registered by service.serve, not here in __init__: unit tests compare two
+        renderings of one registry, and these values move between them. python_info and
+        python_gc_* are left out: build_info names the Python, and the cyclic collector
+        runs rarely by design (service.tune_gc)."""
+        ProcessCollector(registry=self.operational)
 
     def mark_processed(self) -> None:
         self.last_processed.set(time.time())

@@ -23,6 +23,7 @@ async def serve(
 ) -> None:
     """Run until SIGTERM/SIGINT (or `worker.stop()`): drain, commit, close."""
     worker = Worker(settings=settings)
+    worker.metrics.register_process()
     app = make_app(
         worker.metrics.operational,
         Probes(healthy=worker.healthy, ready=lambda: worker.ready),

@@ -480,3 +480,29 @@ def test_port_in_use_exits_1_with_one_line_naming_the_setting_and_the_address() 
         "(check --metrics-port / SESSION_METRICS_METRICS_PORT"
     )
 
+
+def test_run_serves_process_metrics_while_kafka_is_unreachable() -> None:
+    # Port 9 refuses: the worker retries Kafka, and /metrics answers meanwhile.
+    port = free_port()
+    proc = subprocess.Popen(
+        [*CLI, *RUN, "--metrics-host", "127.0.0.1", "--metrics-port", str(port)],
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while "process_resident_memory_bytes" not in (text := _scrape(port)):
+            assert proc.poll() is None, "the worker exited"
+            assert time.monotonic() < deadline, text
+            time.sleep(0.1)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+    families = {line.split()[2] for line in text.splitlines() if line.startswith("# TYPE")}
+    assert {
+        "process_resident_memory_bytes",
+        "process_virtual_memory_bytes",
+        "process_cpu_seconds_total",
+        "process_open_fds",
+        "process_max_fds",
+        "process_start_time_seconds",
+    } <= families

@@ -231,6 +231,7 @@ def test_every_exported_family_is_documented(page: str) -> None:
     metrics.register_lag(list)
     metrics.register_scrape_state(lambda: ScrapeState(0, 0.0))
     metrics.register_unreadable(list)
+    metrics.register_process()
     suffix = {"counter": "_total", "info": "_info"}
     exported = {f.name + suffix.get(f.type, "") for f in metrics.registry.collect()}
     text = (Path(__file__).parent.parent / page).read_text(encoding="utf-8")
