@@ -384,6 +384,18 @@ def test_run_help_marks_the_required_settings_in_their_own_section() -> None:
     assert "--group-id" not in section
 
 
+@pytest.mark.parametrize("command", ["run", "produce"])
+def test_help_names_the_secrets_that_have_no_flag(command: str) -> None:
+    text = " ".join(run_cli(command, "--help", env={"COLUMNS": "1000"}).stdout.split())
+    secrets = [o.env for o in all_options() if not o.flag_allowed]
+    if command == "produce":  # Kafka's only
+        secrets = ["SESSION_METRICS_SASL_PASSWORD"]
+
+    assert "SESSION_METRICS_SASL_PASSWORD" in secrets
+    for env in secrets:
+        assert env in text
+
+
 @pytest.mark.parametrize(("command", "flags"), [("produce", PRODUCE_FLAGS), ("demo", DEMO_FLAGS)])
 def test_produce_and_demo_help_show_every_default(command: str, flags: tuple[Flag, ...]) -> None:
     lines = help_lines(command)

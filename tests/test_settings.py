@@ -172,6 +172,14 @@ BAD: list[tuple[str, dict[str, str], dict[str, str], str]] = [
     ("dlq-is-one-input", {"topic": "a,b", "dlq_topic": "b"}, {}, "dlq_topic"),
     ("no-bootstrap", {"bootstrap_servers": ""}, {}, "bootstrap_servers"),
     ("blank-bootstrap", {"bootstrap_servers": "  "}, {}, "bootstrap_servers"),
+    ("bootstrap-no-port", {"bootstrap_servers": "localhost"}, {}, "bootstrap_servers"),
+    ("bootstrap-one-without-port", {"bootstrap_servers": "a:9092,b"}, {}, "bootstrap_servers"),
+    ("bootstrap-empty-entry", {"bootstrap_servers": "a:9092,"}, {}, "bootstrap_servers"),
+    ("bootstrap-port-word", {"bootstrap_servers": "a:kafka"}, {}, "bootstrap_servers"),
+    ("bootstrap-port-zero", {"bootstrap_servers": "a:0"}, {}, "bootstrap_servers"),
+    ("bootstrap-port-too-big", {"bootstrap_servers": "a:65536"}, {}, "bootstrap_servers"),
+    ("bootstrap-ipv6-bare", {"bootstrap_servers": "::1"}, {}, "bootstrap_servers"),
+    ("bootstrap-ipv6-no-port", {"bootstrap_servers": "[::1]"}, {}, "bootstrap_servers"),
     ("no-topic", {"topic": ""}, {}, "topic"),
     ("bad-protocol", {"security_protocol": "TLS"}, {}, "security_protocol"),
     ("bad-mechanism", {"security_protocol": "SASL_SSL", "sasl_mechanism": "MD5"}, {},
@@ -201,6 +209,28 @@ def test_bad_value_raises_one_line_naming_flag_and_environment_variable(
 
     assert "--" + option.replace("_", "-") in message
     assert "SESSION_METRICS_" + option.upper() in message
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("kafka:9092", "kafka:9092"),
+        (" a:9092 , b.example.com:9093 ", "a:9092,b.example.com:9093"),
+        ("[::1]:9092,10.0.0.1:19092", "[::1]:9092,10.0.0.1:19092"),
+    ],
+)
+def test_bootstrap_servers_with_a_port_on_every_entry_are_accepted(raw: str, expected: str) -> None:
+    assert build(bootstrap_servers=raw, topic="t").kafka.bootstrap_servers == expected
+
+
+def test_bootstrap_server_without_a_port_is_named_in_the_error() -> None:
+    message = config_error(bootstrap_servers="kafka-1:9092,kafka-2", topic="t")
+
+    assert message == (
+        "--bootstrap-servers / SESSION_METRICS_BOOTSTRAP_SERVERS: every entry must be "
+        "host:port ([address]:port for IPv6), 'kafka-2' is not "
+        "(got 'kafka-1:9092,kafka-2' from --bootstrap-servers)"
+    )
 
 
 def test_bad_value_error_says_where_the_value_came_from() -> None:
