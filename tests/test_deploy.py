@@ -37,14 +37,26 @@ KUBERNETES_VERSIONS = ("1.29", "1.37")
 Object = dict[str, Any]
 
 # Kustomizations a user applies, by name; "prod+podmonitor" is prod with the PodMonitor
-# component, rendered through a kustomization written at test time.
+# component, rendered through a kustomization written at test time, with what
+# COMPONENT_INPUTS adds to it (the runbook links need their base URL).
 TARGETS = {
     "base": "base",
     "dev": "overlays/dev",
     "prod": "overlays/prod",
     "monitoring": "monitoring",
 }
-COMPONENTS = {"prod+podmonitor": ("overlays/prod", "components/podmonitor")}
+COMPONENTS = {
+    "prod+podmonitor": ("overlays/prod", "components/podmonitor"),
+    "monitoring+runbook-links": ("monitoring", "components/runbook-links"),
+}
+RUNBOOK_BASE = "https://git.internal/platform/session-metrics/blob/main/docs/operations.md"
+COMPONENT_INPUTS: dict[str, dict[str, Any]] = {
+    "monitoring+runbook-links": {
+        "configMapGenerator": [
+            {"name": "session-metrics-runbooks", "literals": [f"base_url={RUNBOOK_BASE}"]}
+        ]
+    }
+}
 
 WORKLOAD = {
     "ServiceAccount",
@@ -64,6 +76,7 @@ EXPECTED_KINDS = {
     "prod": WORKLOAD | {"ServiceMonitor", "ScaledObject"},
     "prod+podmonitor": WORKLOAD | {"PodMonitor", "ScaledObject"},
     "monitoring": {"PrometheusRule", "ConfigMap"},
+    "monitoring+runbook-links": {"PrometheusRule", "ConfigMap"},
 }
 
 
@@ -161,6 +174,7 @@ def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[Object]
                 {
                     "resources": [os.path.relpath(DEPLOY / overlay, work)],
                     "components": [os.path.relpath(DEPLOY / component, work)],
+                    **COMPONENT_INPUTS.get(name, {}),
                 }
             )
         )
@@ -317,6 +331,70 @@ def test_the_podmonitor_component_replaces_the_servicemonitor_with_the_same_endp
     assert pod_monitor["selector"] == service_monitor["selector"]
     assert pod_monitor["jobLabel"] == service_monitor["jobLabel"]
     assert pod_monitor["podMetricsEndpoints"] == service_monitor["endpoints"]
+
+
+# --- no placeholder addresses ------------------------------------------------------
+
+# Hosts under the domains reserved for examples (RFC 2606), and the project's own made-up
+# address: a manifest that names one points a cluster nowhere, a link leads nowhere.
+PLACEHOLDER = re.compile(
+    r"[\w.-]*\bexample\.(?:com|net|org)\b|\b[\w-]+(?:\.[\w-]+)*\.example\b(?![\w-])"
+    r"|github\.com/example\b",
+    re.IGNORECASE,
+)
+# Illustrative hosts in parts of the docs this kit's tests do not own (issue 19 wants them
+# gone as well): each may stay until its line changes, and no new one may come.
+DOCS_PLACEHOLDERS_LEFT = {
+    ("README.md", "kafka-1.example.com"),
+    ("README.md", "kafka-2.example.com"),
+    ("README.md", "broker.example.com"),
+    ("docs/configuration.md", "broker.example.com"),
+    ("docs/operations.md", "registry.example.com"),
+    ("docs/operations.md", "redis.example.com"),
+}
+
+
+def placeholders(text: str) -> set[str]:
+    return {m.group(0).lower() for m in PLACEHOLDER.finditer(text)}
+
+
+def test_placeholder_pattern_finds_hosts_and_the_made_up_project_address() -> None:
+    text = (
+        "image: registry.example.com/x:1, kafka-1.EXAMPLE.org:9093, a.b.example:80, "
+        "https://github.com/example/session-metrics, example.com; not: github.com/examples, "
+        "examples.md, r.invalid.reason, my-cluster-kafka-bootstrap.kafka.svc:9093"
+    )
+    assert placeholders(text) == {
+        "registry.example.com",
+        "kafka-1.example.org",
+        "a.b.example",
+        "github.com/example",
+        "example.com",
+    }
+
+
+def test_no_placeholder_address_in_any_file_of_the_kit() -> None:
+    found = {
+        (str(path.relative_to(DEPLOY)), host)
+        for path in DEPLOY.rglob("*")
+        if path.is_file()
+        for host in placeholders(path.read_text())
+    }
+    assert found == set()
+
+
+@pytest.mark.parametrize("target", sorted(EXPECTED_KINDS))
+def test_no_placeholder_address_in_what_a_kustomization_renders(
+    rendered: dict[str, list[Object]], target: str
+) -> None:
+    assert placeholders(yaml.safe_dump_all(rendered[target])) == set()
+
+
+def test_no_new_placeholder_address_in_the_docs() -> None:
+    docs = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+    found = {(str(p.relative_to(ROOT)), host) for p in docs for host in placeholders(p.read_text())}
+    assert not {h for _, h in found if "github.com" in h}  # the project has no address
+    assert found <= DOCS_PLACEHOLDERS_LEFT, sorted(found - DOCS_PLACEHOLDERS_LEFT)
 
 
 # --- the manifests agree with the service ----------------------------------------

@@ -1,8 +1,10 @@
 """Alerts and dashboard in deploy/monitoring: PromQL that parses, fires when it should, and
-names only metrics a running worker really exports."""
+names only metrics a running worker really exports; each alert's first steps, and runbook
+links only where the user says where the runbooks live (components/runbook-links)."""
 
 import asyncio
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -17,7 +19,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from consumer.broker import EmbeddedBroker
 from consumer.produce import produce
+from consumer.settings import all_options
 from tests.conftest import TopicFactory, WorkerFactory, eventually, settings_for
+from tests.kustomize import command as kustomize_command
 from tests.kustomize import render
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -139,50 +143,160 @@ def test_alerts_cover_what_an_operator_must_hear_about() -> None:
     }
 
 
-def test_every_alert_has_a_summary_a_description_and_a_runbook_in_the_operations_guide() -> None:
+def guide_anchors() -> set[str]:
     guide = (ROOT / "docs" / "operations.md").read_text()
-    headings = re.findall(r"^#{2,6} (.+)$", guide, re.MULTILINE)
-    anchors = {github_anchor(h) for h in headings}
+    return {github_anchor(h) for h in re.findall(r"^#{2,6} (.+)$", guide, re.MULTILINE)}
+
+
+def test_every_alert_says_what_it_means_and_what_to_check_first() -> None:
+    anchors = guide_anchors()
     for rule in alerts():
         notes = rule["annotations"]
-        assert notes["summary"].strip()
-        assert notes["description"].strip()
+        # No runbook_url here: only components/runbook-links adds one, from the user's URL.
+        assert set(notes) == {"summary", "description", "first_steps"}, rule["alert"]
+        assert all(text.strip() for text in notes.values()), rule["alert"]
         assert rule["labels"]["severity"] in {"warning", "critical"}
-        url, _, anchor = notes["runbook_url"].partition("#")
-        assert url == runbook_base(MONITORING)
-        assert anchor == github_anchor(rule["alert"])
-        assert anchor in anchors, f"docs/operations.md has no runbook heading for {rule['alert']}"
+        # Something to run: a query, or a kubectl command.
+        assert runbook_queries(rule) or "`kubectl " in notes["first_steps"], rule["alert"]
+        assert github_anchor(rule["alert"]) in anchors, f"no runbook for {rule['alert']}"
 
 
-def runbook_base(directory: Path) -> str:
-    """The one place the runbooks' location is set: a literal in the kustomization."""
-    kustomization = yaml.safe_load((directory / "kustomization.yaml").read_text())
-    (generator,) = [g for g in kustomization["configMapGenerator"] if "runbooks" in g["name"]]
+def runbook_queries(rule: dict[str, Any]) -> list[str]:
+    """The PromQL quoted in an alert's first steps (a quoted snippet that names a metric),
+    its `{{ $labels.x }}` templates filled in as Prometheus would."""
+    snippets = re.findall(r"`([^`]+)`", rule["annotations"]["first_steps"])
+    queries = [re.sub(r"\{\{\s*\$labels\.(\w+)\s*\}\}", r"\1", s) for s in snippets]
+    return [q for q in queries if re.search(r"\b(?:session_consumer|llm_session)", q)]
+
+
+def test_the_queries_in_the_first_steps_parse(tmp_path: Path) -> None:
+    queries = [q for rule in alerts() for q in runbook_queries(rule)]
+    assert len(queries) >= 8
+    rules = [{"record": f"runbook:query_{i}", "expr": q} for i, q in enumerate(queries)]
+    path = tmp_path / "runbook-rules.yaml"
+    path.write_text(yaml.safe_dump({"groups": [{"name": "runbooks", "rules": rules}]}))
+    done = promtool("check", "rules", str(path))
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_the_first_steps_name_real_options_and_log_lines() -> None:
+    options = {o.env for o in all_options()}
+    code = "\n".join(p.read_text() for p in (ROOT / "consumer").glob("*.py"))
+    for rule in alerts():
+        steps = rule["annotations"]["first_steps"]
+        assert set(re.findall(r"SESSION_METRICS_\w+", steps)) <= options, rule["alert"]
+        # Outside the quoted commands and queries, "..." is a line of the workers' logs.
+        for line in re.findall(r'"([^"]+)"', re.sub(r"`[^`]*`", " ", steps)):
+            assert f'"{line}"' in code, f"{rule['alert']}: no log line {line!r}"
+
+
+RUNBOOK_LINKS = ROOT / "deploy" / "components" / "runbook-links"
+
+
+def documented_runbook_links() -> dict[str, Any]:
+    """The lines docs/operations.md has the user add to turn the links on."""
+    guide = (ROOT / "docs" / "operations.md").read_text()
+    section = guide.split("\n## Alert runbooks\n", 1)[1].split("\n## ", 1)[0]
+    (block,) = [b for b in re.findall(r"```yaml\n(.*?)```", section, re.DOTALL) if "runbook" in b]
+    lines: dict[str, Any] = yaml.safe_load(block)
+    return lines
+
+
+def runbook_urls(objects: list[dict[str, Any]]) -> dict[str, str | None]:
+    (rule,) = [o for o in objects if o["kind"] == "PrometheusRule"]
+    return {
+        r["alert"]: r["annotations"].get("runbook_url")
+        for g in rule["spec"]["groups"]
+        for r in g["rules"]
+    }
+
+
+def test_alerts_have_no_runbook_url_unless_the_user_sets_where_runbooks_live() -> None:
+    urls = runbook_urls(render(MONITORING))
+    assert urls == {rule["alert"]: None for rule in alerts()}
+
+
+def with_runbook_links(tmp_path: Path, placement: str, lines: dict[str, Any]) -> Path:
+    """A kustomization with the documented lines: in a copy of deploy/monitoring's own
+    kustomization.yaml, or in an overlay of the user's over deploy/monitoring."""
+    if placement == "in deploy/monitoring":
+        monitoring = tmp_path / "deploy" / "monitoring"
+        shutil.copytree(MONITORING, monitoring)
+        shutil.copytree(RUNBOOK_LINKS, tmp_path / "deploy" / "components" / "runbook-links")
+        kustomization = yaml.safe_load((monitoring / "kustomization.yaml").read_text())
+        kustomization["components"] = lines["components"]
+        kustomization["configMapGenerator"] += lines["configMapGenerator"]
+        (monitoring / "kustomization.yaml").write_text(yaml.safe_dump(kustomization))
+        return monitoring
+    overlay = tmp_path / "overlay"
+    overlay.mkdir()
+    kustomization = {
+        **lines,
+        "resources": [os.path.relpath(MONITORING, overlay)],
+        "components": [os.path.relpath(RUNBOOK_LINKS, overlay)],
+    }
+    (overlay / "kustomization.yaml").write_text(yaml.safe_dump(kustomization))
+    return overlay
+
+
+@pytest.mark.parametrize("placement", ["in deploy/monitoring", "in an overlay of your own"])
+def test_the_documented_base_url_gives_every_alert_a_link_to_its_runbook(
+    tmp_path: Path, placement: str
+) -> None:
+    lines = documented_runbook_links()
+    assert lines["components"] == ["../components/runbook-links"]
+    (generator,) = lines["configMapGenerator"]
     (literal,) = generator["literals"]
-    key, _, value = str(literal).partition("=")
+    key, _, base = literal.partition("=")
     assert key == "base_url"
-    assert value.endswith("/docs/operations.md")
-    return value
+    assert base.endswith("/docs/operations.md")
+
+    objects = render(with_runbook_links(tmp_path, placement, lines))
+
+    anchors = guide_anchors()
+    for alert, url in runbook_urls(objects).items():
+        assert url == f"{base}#{github_anchor(alert)}"
+        assert github_anchor(alert) in anchors
+    # The base URL is an input of the build, never an object applied to the cluster.
+    assert [o["metadata"]["name"] for o in objects if o["kind"] == "ConfigMap"] == [
+        "session-metrics-dashboard"
+    ]
+    (rule,) = [o for o in objects if o["kind"] == "PrometheusRule"]
+    (tmp_path / "rules.yaml").write_text(yaml.safe_dump({"groups": rule["spec"]["groups"]}))
+    done = promtool("check", "rules", str(tmp_path / "rules.yaml"))
+    assert done.returncode == 0, done.stdout + done.stderr
 
 
-def test_the_runbook_base_url_is_set_in_one_place_for_every_alert(tmp_path: Path) -> None:
-    copy = tmp_path / "monitoring"
-    shutil.copytree(MONITORING, copy)
-    default = runbook_base(MONITORING)
-    elsewhere = "https://wiki.example.org/session-metrics/operations.html"
-    kustomization = copy / "kustomization.yaml"
-    kustomization.write_text(kustomization.read_text().replace(default, elsewhere))
+def build_fails(directory: Path) -> str:
+    done = subprocess.run(
+        [*kustomize_command(), str(directory)],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode != 0, done.stdout
+    return done.stderr
 
-    for directory, base in ((MONITORING, default), (copy, elsewhere)):
-        objects = render(directory)
-        (rule,) = [o for o in objects if o["kind"] == "PrometheusRule"]
-        urls = [r["annotations"]["runbook_url"] for g in rule["spec"]["groups"] for r in g["rules"]]
-        names = [r["alert"] for g in rule["spec"]["groups"] for r in g["rules"]]
-        assert urls == [f"{base}#{github_anchor(name)}" for name in names]
-        # The setting is an input of the build, never an object applied to the cluster.
-        assert [o["metadata"]["name"] for o in objects if o["kind"] == "ConfigMap"] == [
-            "session-metrics-dashboard"
-        ]
+
+def test_runbook_links_without_a_base_url_stop_the_build(tmp_path: Path) -> None:
+    lines = {**documented_runbook_links(), "configMapGenerator": []}
+    error = build_fails(with_runbook_links(tmp_path, "in an overlay of your own", lines))
+    assert "no resource matches" in error
+    assert "session-metrics-runbooks" in error
+
+
+def test_runbook_links_refuse_alerts_that_moved_rather_than_link_the_wrong_runbook(
+    tmp_path: Path,
+) -> None:
+    """The anchors are added by position: a rule file in another order must not build."""
+    directory = with_runbook_links(tmp_path, "in deploy/monitoring", documented_runbook_links())
+    path = directory / "prometheusrule.yaml"
+    rule = yaml.safe_load(path.read_text())
+    rules = rule["spec"]["groups"][0]["rules"]
+    rules[0], rules[1] = rules[1], rules[0]
+    path.write_text(yaml.safe_dump(rule))
+    assert "test" in build_fails(directory).lower()
 
 
 # Each alert against series that should fire it, and against healthy series that should
@@ -325,6 +439,8 @@ def referenced_metrics() -> set[str]:
     names = variable_metrics()
     for rule in alerts():
         names |= metric_names(rule["expr"])
+        for query in runbook_queries(rule):
+            names |= metric_names(query)
     for query in dashboard_queries():
         names |= metric_names(query)
     return names | metric_names(autoscaling_query())
