@@ -7,7 +7,7 @@ token by model: about 500 bytes of JSON each, like the real thing.
 
 import random
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 
 import msgspec
@@ -31,14 +31,25 @@ def workspace_ids(count: int) -> list[str]:
     return [f"ws-{i:04d}" for i in range(count)]
 
 
-class SessionFactory:
-    """Deterministic for a given seed: the same seed gives the same events."""
+def utc_now() -> datetime:
+    return datetime.now(UTC)
 
-    def __init__(self, seed: int = 0, workspaces: int = 50, projects: int = 5) -> None:
+
+class SessionFactory:
+    """The same seed gives the same events (ids, workspaces, amounts, durations); each is
+    stamped as updated when it is made, by `clock`, so a dashboard sees fresh events."""
+
+    def __init__(
+        self,
+        seed: int = 0,
+        workspaces: int = 50,
+        projects: int = 5,
+        clock: Callable[[], datetime] = utc_now,
+    ) -> None:
         self._rng = random.Random(seed)
         self._workspaces = workspace_ids(workspaces)
         self._projects = [f"proj-{i:02d}" for i in range(projects)]
-        self._now = datetime(2026, 11, 24, 10, 0, tzinfo=UTC)
+        self._clock = clock
 
     def event(self) -> CreateSessionResponseBody:
         rng = self._rng
@@ -47,8 +58,10 @@ class SessionFactory:
         prompt = float(int(rng.lognormvariate(7.5, 1.0)))
         completion = float(int(rng.lognormvariate(6.0, 1.0)))
         duration_ms = round(rng.lognormvariate(10.0, 1.5), 2)
-        started = self._now + timedelta(seconds=rng.uniform(0, 3600))
-        self._now += timedelta(milliseconds=10)
+        # Once the start's offset into a fixed hour; still drawn, so every later draw (ids,
+        # workspaces) of a seed stays what it always was.
+        rng.uniform(0, 3600)
+        updated = self._clock()
         workspace = rng.choice(self._workspaces)
         project = None if rng.random() < 0.1 else rng.choice(self._projects)
         return CreateSessionResponseBody(
@@ -68,8 +81,8 @@ class SessionFactory:
             tags=[model, *rng.sample(_TAGS, rng.randint(1, 3))],
             workspace_id=workspace,
             project_id=project,
-            started_at=started,
-            updated_at=started + timedelta(milliseconds=duration_ms),
+            started_at=updated - timedelta(milliseconds=duration_ms),
+            updated_at=updated,
         )
 
     def events(self, count: int | None = None) -> Iterator[CreateSessionResponseBody]:
