@@ -13,32 +13,27 @@ STORE = "project + store"
 AB = """
 Against the code before this dedup (7fb233c: one worker-wide window of the last 100,000
 ids, no log windows, no store), the default mode in one run of `python -m bench.ab`
-(500,000 events, Tansu, 8 alternating rounds, medians; CPU is the worker's user and
-system time over the timed span, less moved than the wall time by other work on the
-machine):
+(500,000 events, Tansu, 6 alternating rounds, medians, on an otherwise idle machine; CPU
+is the worker's user and system time over the timed span, less moved than the wall time
+by other work on the machine):
 
 | arm | events/s | x before | CPU µs/event | x before | peak RSS | RSS once read |
 |---|---:|---:|---:|---:|---:|---:|
-| before (7fb233c) | 115,709 | 1.00 | 7.84 | 1.00 | 112 MB | 104 MB |
-| after, defaults | 109,457 | 0.95 | 8.51 | 1.08 | 127 MB | 122 MB |
-| after, `--dedup-window 0` | 121,721 | 1.05 | 7.56 | 0.96 | 95 MB | 89 MB |
+| before (7fb233c) | 178,359 | 1.00 | 5.59 | 1.00 | 111 MB | 102 MB |
+| after, defaults | 148,103 | 0.83 | 6.65 | 1.19 | 129 MB | 123 MB |
+| after, `--dedup-window 0` | 178,940 | 1.00 | 5.57 | 1.00 | 95 MB | 87 MB |
 
-The default mode read 5.4% fewer events/s than before (limit: 5%): NOT met. Not a fluke
-of that run: the worker spent more CPU per event than before in each of the 8 rounds
-(1% to 40% more, 20% in the median round), and two earlier runs of the same script
-(6 rounds each, no CPU column yet) gave -28.6% and -4.0%. Without the dedup state it
-reads as fast as before, so the cost is the state's, and so is the memory: once the corpus
-is read the worker's RSS is ~30 MB above the same worker's with `--dedup-window 0`.
-
-After that run the log window's eviction moved to C (one `itemgetter` and one `map`
-per evicted batch), decode stopped noting each event's position in its loop, and a
-batch's claims go out a partition at a time while the next partition decodes. Counted in
-instructions (callgrind, the same 36,000 events through decode, dedup and aggregate in
-process, so no other work on the machine moves it): 28,838 per event before, 29,952
-after, **+3.9%** for that part of the work (the window not yet full, so without
-evictions; they cost ~0.05 µs an event in a micro-benchmark). A later wall-clock A/B,
-run while other tests loaded both cores, gave -13.9% and -9.8% with `--dedup-window 0`,
-which the instruction counts do not bear out; a quiet rerun is still owed."""
+The default mode read **17% fewer events/s** than before (limit: 5%): **NOT met**.
+Without the dedup state it reads exactly as fast as before, so the cost is the state's:
+about 1.1 µs of CPU per event and ~36 MB of RSS once the corpus is read. Timed inside the
+worker, the log windows take ~0.4 µs per event and the worker's own window ~0.2 µs (two
+dict probes, two inserts and two deletions per id, on dicts of 20,000 ids per partition
+and 20,000 for the worker); the rest is the same work done by everything else with ~20 MB
+more of live ids around it (the in-process benchmark below, which keeps the windows warm
+in the cache, sees only the direct part). The run before that one, before the log
+window stopped looking each id up again on eviction, measured -25%. What would close the
+rest: the windows in a C extension, or a window of fewer records (the cost per event does
+not depend on the size, its memory and cache footprint does)."""
 
 
 def on_other_brokers(r: "Results", tables: dict[str, list[str]]) -> str:
@@ -95,7 +90,7 @@ def _store_cpu(r: "Results") -> str:
     return f"""
 Per event that is {wall:.1f} µs more wall time, of which {cpu:.1f} µs is the worker's own
 CPU ({project["cpu_us_per_event"]:.2f} -> {store["cpu_us_per_event"]:.2f} µs); the rest is
-waiting for Redis, whose script takes ~3.5 µs per claim (`consumer/redisclaims.py`)."""
+waiting for Redis, whose script takes ~3 µs per claim (`consumer/redisclaims.py`)."""
 
 
 def dedup_cost(r: "Results") -> str:
@@ -108,12 +103,13 @@ def dedup_cost(r: "Results") -> str:
         parts.append(
             f"""
 With `--dedup-store` the project read {ratio:.2f}x the events/s of the default mode
-in this run (target >= 0.8: {"met" if ratio >= 0.8 else "NOT met"}). The worker waits
-for each batch's claims before it counts the batch and does not decode the next one
-meanwhile, and Redis runs on the same two cores as the broker and the worker.{_store_cpu(r)}
-A round left {st["keys"]:,.0f} claims in Redis, {st["used_mb"]:.0f} MB, about
-{st["claim_bytes"]:.0f} bytes each (one key per session id, kept for `--dedup-store-ttl`,
-an hour by default).
+in this run (target >= 0.8: {"met" if ratio >= 0.8 else "NOT met"}). A batch's claims
+are out while the worker fetches and decodes the next batch, so the worker and Redis
+work side by side, but Redis runs on the same two cores as the broker and the
+worker.{_store_cpu(r)}
+A round left {st["claims"]:,.0f} claims in Redis, {st["used_mb"]:.0f} MB, about
+{st["claim_bytes"]:.0f} bytes each (a field per session id in a hash per quarter of
+`--dedup-store-ttl`, an hour by default).
 """
         )
     mem = r.dedup_memory
