@@ -191,6 +191,8 @@ class Repeats:
         try:
             for tp, keep, task in verdict.asked:
                 answers = await task
+                if all(answers):  # the usual answer, checked in C: no repeat here
+                    continue
                 found = [i for i, ok in zip(keep, answers, strict=True) if not ok]
                 if found:
                     repeats[tp] = sorted([*repeats[tp], *found])
