@@ -374,7 +374,7 @@ class ConsumerMetrics:
         )
         self.store_seconds = Histogram(
             p + "dedup_store_seconds",
-            "Time of one batch's claim round trip to the claim store.",
+            "Time of one claim round trip to the claim store (one per partition of a batch).",
             registry=r,
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
         )

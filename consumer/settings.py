@@ -383,7 +383,8 @@ STORE_OPTIONS: tuple[Option, ...] = (
         "dedup_store_ttl",
         _int_range(1),
         "3600",
-        "seconds a claim on a session id lasts: repeats further apart count again",
+        "seconds a claim on a session id lasts (at most a quarter more): repeats further apart "
+        "count again",
     ),
     Option(
         "dedup_store_timeout",
