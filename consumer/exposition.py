@@ -25,45 +25,76 @@ EOF = b"# EOF\n"
 
 
 class BusinessText:
-    """Rendered lines of every business series, refreshed for changed series at each scrape."""
+    """Rendered lines of every business series, refreshed for changed series at each scrape.
+
+    With `--histogram-labels` coarser than the counters' labels, the histograms' lines
+    are rendered per group (workspace, or one for all) from the group's own totals."""
 
     def __init__(self, business: BusinessMetrics) -> None:
         self.business = business
         b = business.buckets
+        comma = "," if business.histogram_labels else ""
         self._bucket_prefixes = [
-            [f'{name}_bucket{{le="{le}",' for le in le_labels(bounds)]
+            [f'{name}_bucket{{le="{le}"{comma}' for le in le_labels(bounds)]
             for (name, _, _, _), bounds in zip(
                 HISTOGRAMS, (b.duration_seconds, b.tokens, b.cost), strict=True
             )
         ]
         self._lines: dict[SeriesKey, tuple[bytes, ...]] = {}
-        """Per series, one fragment per family, in COUNTERS + HISTOGRAMS order."""
+        """Per series, one fragment per family, in COUNTERS + HISTOGRAMS order (the
+        counters only, with coarse histograms)."""
+        self._group_lines: dict[tuple[str, ...], tuple[bytes, ...]] = {}
+        """With coarse histograms: per group, one fragment per histogram family."""
 
     def families(self, openmetrics: bool, names: frozenset[str] = frozenset()) -> Iterator[bytes]:
         """One chunk per family, from a snapshot taken now (between batches: the event
         loop runs both), so a response written across awaits stays consistent.
         """
         self._refresh()
-        return self._join(list(self._lines.values()), openmetrics, names)
+        series = list(self._lines.values())
+        if not self.business.coarse:
+            return self._join(series, series, 0, openmetrics, names)
+        return self._join(
+            series, list(self._group_lines.values()), len(COUNTERS), openmetrics, names
+        )
 
     @staticmethod
     def _join(
-        snapshot: list[tuple[bytes, ...]], openmetrics: bool, names: frozenset[str]
+        series: list[tuple[bytes, ...]],
+        histograms: list[tuple[bytes, ...]],
+        offset: int,
+        openmetrics: bool,
+        names: frozenset[str],
     ) -> Iterator[bytes]:
+        """`offset`: where the histogram families' fragments start in `histograms`'
+        tuples (0: in the series' own tuples, after the counters)."""
         for index, (name, help_text, kind, samples) in enumerate(_FAMILIES):
             if names and not names & samples:
                 continue
             family = name if openmetrics or kind == "histogram" else name + "_total"
             header = f"# HELP {family} {help_text}\n# TYPE {family} {kind}\n".encode()
-            yield b"".join([header, *(lines[index] for lines in snapshot)])
+            if kind == "counter":
+                yield b"".join([header, *(lines[index] for lines in series)])
+            else:
+                yield b"".join([header, *(lines[index - offset] for lines in histograms)])
 
     def _refresh(self) -> None:
-        series, lines = self.business.series, self._lines
-        for key in self.business.changed:
-            lines[key] = self._render(key, series[key])
-        self.business.changed.clear()
+        business, lines = self.business, self._lines
+        series, coarse = business.series, business.coarse
+        for key in business.changed:
+            lines[key] = self._render(key, series[key], histograms=not coarse)
+        business.changed.clear()
+        if coarse:
+            groups, group_lines = business.groups, self._group_lines
+            for group in business.changed_groups:
+                labels = ",".join(
+                    f'{name}="{_escape(value)}"'
+                    for name, value in sorted(zip(business.histogram_labels, group, strict=True))
+                )
+                group_lines[group] = tuple(self._histograms(labels, groups[group]))
+            business.changed_groups.clear()
 
-    def _render(self, key: SeriesKey, t: Totals) -> tuple[bytes, ...]:
+    def _render(self, key: SeriesKey, t: Totals, histograms: bool) -> tuple[bytes, ...]:
         # Label names in sorted order, le first, as prometheus-client prints them.
         workspace, project = map(_escape, key)
         labels = f'project_id="{project}",workspace_id="{workspace}"'
@@ -72,6 +103,14 @@ class BusinessText:
             for (name, _, attribute) in COUNTERS
             for value in (getattr(t, attribute),)
         ]
+        if histograms:
+            out.extend(self._histograms(labels, t))
+        return tuple(out)
+
+    def _histograms(self, labels: str, t: Totals) -> list[bytes]:
+        """One fragment per histogram family; `labels` rendered and sorted, maybe empty."""
+        braced = f"{{{labels}}}" if labels else ""
+        out = []
         for (name, _, buckets, total), prefixes in zip(
             HISTOGRAMS, self._bucket_prefixes, strict=True
         ):
@@ -81,11 +120,11 @@ class BusinessText:
             )
             out.append(
                 (
-                    f"{text}{name}_count{{{labels}}} {_count(counts[-1])}\n"
-                    f"{name}_sum{{{labels}}} {_number(getattr(t, total))}\n"
+                    f"{text}{name}_count{braced} {_count(counts[-1])}\n"
+                    f"{name}_sum{braced} {_number(getattr(t, total))}\n"
                 ).encode()
             )
-        return tuple(out)
+        return out
 
 
 def render(

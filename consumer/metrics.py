@@ -44,6 +44,10 @@ disable_created_metrics()  # type: ignore[no-untyped-call]
 
 OVERFLOW: SeriesKey = ("__overflow__", "__overflow__")
 LABELS = ("workspace_id", "project_id")
+HISTOGRAM_LABELS = {"workspace_id,project_id": LABELS, "workspace_id": LABELS[:1], "none": ()}
+"""`--histogram-labels`: the labels the three histograms keep, a prefix of LABELS. A pair
+costs 8 counter series and 42 histogram series (buckets, _sum, _count); a team that reads
+distributions per workspace spares the 42 per project."""
 
 COUNTERS = (
     # (family name, help, Totals attribute); exported with a _total suffix.
@@ -77,7 +81,13 @@ class BusinessMetrics(Collector):
     are pending somewhere cannot push the published set past the limit.
     """
 
-    def __init__(self, buckets: Buckets, max_series: int, overflowed: Counter) -> None:
+    def __init__(
+        self,
+        buckets: Buckets,
+        max_series: int,
+        overflowed: Counter,
+        histogram_labels: tuple[str, ...] = LABELS,
+    ) -> None:
         self.buckets = buckets
         self.max_series = max_series
         self._overflowed = overflowed
@@ -85,6 +95,13 @@ class BusinessMetrics(Collector):
         """Totals per series; read by the exposition, written only by apply()."""
         self.changed: set[SeriesKey] = set()
         """Series changed since the exposition last rendered them."""
+        self.histogram_labels = histogram_labels
+        self.coarse = len(histogram_labels) < len(LABELS)
+        """Histograms over fewer labels than the counters: summed apart, per group."""
+        self.groups: dict[tuple[str, ...], Totals] = {}
+        """With coarse histograms: totals per value of `histogram_labels`, summed in the
+        same batches as the series (so in a fixed order, not at each scrape)."""
+        self.changed_groups: set[tuple[str, ...]] = set()
         self._admitted: set[SeriesKey] = set()
         """Keys given a series slot, published or not yet."""
 
@@ -117,6 +134,22 @@ class BusinessMetrics(Collector):
                 target = series[key] = Totals(buckets)
             target.merge(totals)
             changed.add(key)
+        if self.coarse:
+            self._apply_groups(batch)
+
+    def _apply_groups(self, batch: dict[SeriesKey, Totals]) -> None:
+        groups, changed, width = self.groups, self.changed_groups, len(self.histogram_labels)
+        for key, totals in batch.items():
+            group = key[:width]
+            target = groups.get(group)
+            if target is None:
+                target = groups[group] = Totals(self.buckets)
+            target.merge(totals)
+            changed.add(group)
+
+    def histogram_totals(self) -> Iterable[tuple[tuple[str, ...], Totals]]:
+        """What the histograms are exported from: label values and totals."""
+        return self.groups.items() if self.coarse else self.series.items()
 
     def describe(self) -> Iterable[Metric]:
         # Names only, so registering does not run a full collect().
@@ -130,20 +163,21 @@ class BusinessMetrics(Collector):
         b = self.buckets
         bounds = (le_labels(b.duration_seconds), le_labels(b.tokens), le_labels(b.cost))
         for (workspace, project), t in self.series.items():
-            labels = [workspace, project]
             for counter, (_, _, attribute) in zip(counters, COUNTERS, strict=True):
-                counter.add_metric(labels, getattr(t, attribute))
+                counter.add_metric([workspace, project], getattr(t, attribute))
+        for group, t in self.histogram_totals():
             for histogram, (_, _, buckets, total), les in zip(
                 histograms, HISTOGRAMS, bounds, strict=True
             ):
                 cumulative = list(zip(les, _cumulative(getattr(t, buckets)), strict=True))
-                histogram.add_metric(labels, cumulative, getattr(t, total))
+                histogram.add_metric(list(group), cumulative, getattr(t, total))
         return [*counters, *histograms]
 
-    @staticmethod
-    def _families() -> tuple[list[CounterMetricFamily], list[HistogramMetricFamily]]:
+    def _families(self) -> tuple[list[CounterMetricFamily], list[HistogramMetricFamily]]:
         counters = [CounterMetricFamily(n, h, labels=LABELS) for n, h, _ in COUNTERS]
-        histograms = [HistogramMetricFamily(n, h, labels=LABELS) for n, h, _, _ in HISTOGRAMS]
+        histograms = [
+            HistogramMetricFamily(n, h, labels=self.histogram_labels) for n, h, _, _ in HISTOGRAMS
+        ]
         return counters, histograms
 
 
@@ -280,7 +314,11 @@ class ConsumerMetrics:
     """
 
     def __init__(
-        self, buckets: Buckets, max_series: int, registry: CollectorRegistry | None = None
+        self,
+        buckets: Buckets,
+        max_series: int,
+        registry: CollectorRegistry | None = None,
+        histogram_labels: tuple[str, ...] = LABELS,
     ) -> None:
         self.operational = r = CollectorRegistry()
         p = "session_consumer_"
@@ -386,7 +424,7 @@ class ConsumerMetrics:
         Info(p + "build", "Version of this service.", registry=r).info(
             {"version": __version__, "python": platform.python_version()}
         )
-        self.business = BusinessMetrics(buckets, max_series, self.series_overflow)
+        self.business = BusinessMetrics(buckets, max_series, self.series_overflow, histogram_labels)
         self.registry = registry if registry is not None else CollectorRegistry()
         self.registry.register(_Registered(r))
         self.registry.register(self.business)

@@ -285,6 +285,13 @@ RUN_OPTIONS: tuple[Option, ...] = (
     Option("metrics_port", _int_range(0, 65535), "8000", "port of /metrics, /healthz, /readyz"),
     Option("max_series", _int_range(1), "10000", "most (workspace, project) pairs exported"),
     Option(
+        "histogram_labels",
+        _choice("workspace_id,project_id", "workspace_id", "none"),
+        "workspace_id,project_id",
+        "labels the three histograms keep (the counters keep both): per pair, per workspace, "
+        "or one series each",
+    ),
+    Option(
         "dedup_window",
         _int_range(0),
         "20000",
@@ -484,6 +491,7 @@ class Settings:
     metrics_host: str
     metrics_port: int
     max_series: int
+    histogram_labels: str
     dedup_window: int
     max_message_bytes: int
     max_batch_records: int

@@ -24,7 +24,13 @@ from consumer.envelope import envelope_of
 from consumer.fetch import Fetcher
 from consumer.ledger import Fold, Ledger
 from consumer.logs import RateLimit
-from consumer.metrics import OUTCOMES, ConsumerMetrics, PartitionLag, ScrapeState
+from consumer.metrics import (
+    HISTOGRAM_LABELS,
+    OUTCOMES,
+    ConsumerMetrics,
+    PartitionLag,
+    ScrapeState,
+)
 from consumer.offsets import Committer
 from consumer.pipeline import BatchResult, DecodedBatch, Rejected, count, decode_batch
 from consumer.rebalance import HandOver
@@ -59,7 +65,10 @@ class Worker:
         self.group_id = settings.group_id
         buckets = Buckets(settings.duration_buckets, settings.tokens_buckets, settings.cost_buckets)
         self.buckets = buckets
-        self.metrics = metrics or ConsumerMetrics(buckets, settings.max_series)
+        histogram_labels = HISTOGRAM_LABELS[settings.histogram_labels]
+        self.metrics = metrics or ConsumerMetrics(
+            buckets, settings.max_series, histogram_labels=histogram_labels
+        )
         self.repeats = Repeats(
             settings.dedup_window,
             self._decode,

@@ -63,14 +63,18 @@ def events(count: int) -> list[CreateSessionResponseBody]:
     return out
 
 
-def independent(sessions: list[CreateSessionResponseBody], openmetrics: bool = False) -> bytes:
+def independent(
+    sessions: list[CreateSessionResponseBody],
+    openmetrics: bool = False,
+    histogram_labels: tuple[str, ...] = LABELS,
+) -> bytes:
     """prometheus-client's text for `sessions`, through its own metric objects."""
     registry = CollectorRegistry()
     counters = {
         name: Counter(name, help_text, LABELS, registry=registry) for name, help_text, _ in COUNTERS
     }
     histograms = {
-        name: Histogram(name, help_text, LABELS, registry=registry, buckets=b)
+        name: Histogram(name, help_text, histogram_labels, registry=registry, buckets=b)
         for (name, help_text, _, _), b in zip(
             HISTOGRAMS, (BUCKETS.duration_seconds, BUCKETS.tokens, BUCKETS.cost), strict=True
         )
@@ -89,9 +93,14 @@ def independent(sessions: list[CreateSessionResponseBody], openmetrics: bool = F
         }
         for name, value in values.items():
             counters[name].labels(*labels).inc(value)
-        histograms["llm_session_duration_seconds"].labels(*labels).observe(e.duration / 1000)
-        histograms["llm_session_tokens_per_session"].labels(*labels).observe(e.usage.total_tokens)
-        histograms["llm_session_cost_per_session"].labels(*labels).observe(e.billing.total_cost)
+        kept = labels[: len(histogram_labels)]
+        for name, value in (
+            ("llm_session_duration_seconds", e.duration / 1000),
+            ("llm_session_tokens_per_session", e.usage.total_tokens),
+            ("llm_session_cost_per_session", e.billing.total_cost),
+        ):
+            histogram = histograms[name]
+            (histogram.labels(*kept) if kept else histogram).observe(value)
     return (generate_openmetrics if openmetrics else generate_latest)(registry)
 
 
@@ -105,8 +114,13 @@ def families(text: bytes) -> dict[str, tuple[bytes, list[bytes]]]:
     return out
 
 
-def ours(sessions: list[CreateSessionResponseBody], batches: int, openmetrics: bool) -> bytes:
-    metrics = ConsumerMetrics(BUCKETS, 1000)
+def ours(
+    sessions: list[CreateSessionResponseBody],
+    batches: int,
+    openmetrics: bool,
+    histogram_labels: tuple[str, ...] = LABELS,
+) -> bytes:
+    metrics = ConsumerMetrics(BUCKETS, 1000, histogram_labels=histogram_labels)
     size = math.ceil(len(sessions) / batches)
     for start in range(0, len(sessions), size):
         metrics.business.apply(aggregate(sessions[start : start + size], BUCKETS))
@@ -128,6 +142,26 @@ def test_business_text_is_byte_identical_to_prometheus_clients_own_metrics(
     assert set(got) == set(want)
     for name, block in want.items():
         assert got[name] == block, name
+
+
+@pytest.mark.parametrize("openmetrics", [False, True], ids=["text", "openmetrics"])
+@pytest.mark.parametrize("kept", [("workspace_id",), ()], ids=["workspace", "none"])
+def test_histograms_over_fewer_labels_are_prometheus_clients_own_with_those_labels(
+    kept: tuple[str, ...], openmetrics: bool
+) -> None:
+    """--histogram-labels: the counters keep both labels; each histogram is what
+    prometheus-client gives for the same events observed under the labels kept."""
+    sessions = events(200)
+    want = families(independent(sessions, openmetrics, kept))
+
+    got = families(ours(sessions, 7, openmetrics, kept))
+
+    assert set(got) == set(want)
+    for name, block in want.items():
+        assert got[name] == block, name
+    assert len(got["llm_session_cost_per_session"][1]) == (3 if kept else 1) * (
+        len(BUCKETS.cost) + 3
+    )
     text = b"".join(line for _, lines in want.values() for line in lines)
     assert b'le="1e+06"' in text  # the default token buckets reach 1M
     assert b"e+06\n" in text  # and sums pass it
