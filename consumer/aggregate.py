@@ -9,6 +9,7 @@ from bisect import bisect_left
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from consumer.nativehist import Native
 from schemas import CreateSessionResponseBody
 
 SeriesKey = tuple[str, str]
@@ -22,6 +23,8 @@ class Buckets:
     duration_seconds: tuple[float, ...]
     tokens: tuple[float, ...]
     cost: tuple[float, ...]
+    native: bool = False
+    """Also count native (exponential) buckets (`--native-histograms`, nativehist.py)."""
 
 
 class Totals:
@@ -38,6 +41,7 @@ class Totals:
         "duration_buckets",
         "duration_seconds",
         "input_cost",
+        "native",
         "output_cost",
         "prompt_tokens",
         "sessions",
@@ -59,6 +63,7 @@ class Totals:
         self.duration_buckets = [0] * (len(buckets.duration_seconds) + 1)
         self.tokens_buckets = [0] * (len(buckets.tokens) + 1)
         self.cost_buckets = [0] * (len(buckets.cost) + 1)
+        self.native = [Native(), Native(), Native()] if buckets.native else None
 
     def merge(self, other: "Totals") -> None:
         self.sessions += other.sessions
@@ -73,6 +78,9 @@ class Totals:
         _add_into(self.duration_buckets, other.duration_buckets)
         _add_into(self.tokens_buckets, other.tokens_buckets)
         _add_into(self.cost_buckets, other.cost_buckets)
+        if self.native is not None and other.native is not None:
+            for mine, theirs in zip(self.native, other.native, strict=True):
+                mine.merge(theirs)
 
 
 def _add_into(target: list[int], source: list[int]) -> None:
@@ -91,6 +99,8 @@ def aggregate(
     `admit(key, sessions)` names the series a key's events go to (the cardinality
     guard): asked once per key, with the key's session count.
     """
+    if buckets.native and not isinstance(events, list):
+        events = list(events)  # read twice
     out: dict[SeriesKey, Totals] = {}
     duration_bounds, tokens_bounds, cost_bounds = (
         buckets.duration_seconds,
@@ -116,7 +126,20 @@ def aggregate(
         t.duration_buckets[bisect_left(duration_bounds, seconds)] += 1
         t.tokens_buckets[bisect_left(tokens_bounds, usage.total_tokens)] += 1
         t.cost_buckets[bisect_left(cost_bounds, billing.total_cost)] += 1
+    if buckets.native:
+        _native(out, events)
     return out if admit is None else _admitted(out, admit)
+
+
+def _native(out: dict[SeriesKey, Totals], events: Iterable[CreateSessionResponseBody]) -> None:
+    """The native buckets, in a pass of their own: only `--native-histograms` pays."""
+    for event in events:
+        natives = out[(event.workspace_id, event.project_id or "")].native
+        assert natives is not None
+        duration, tokens, cost = natives
+        duration.observe(event.duration / 1000.0)
+        tokens.observe(event.usage.total_tokens)
+        cost.observe(event.billing.total_cost)
 
 
 def _admitted(

@@ -17,8 +17,10 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.utils import floatToGoString
 
+from consumer import protobuf
 from consumer.aggregate import SeriesKey, Totals
-from consumer.metrics import COUNTERS, HISTOGRAMS, BusinessMetrics, le_labels
+from consumer.metrics import COUNTERS, HISTOGRAMS, LABELS, BusinessMetrics, le_labels
+from consumer.protobuf import registry_families, wants_protobuf
 
 OPENMETRICS = "application/openmetrics-text"
 EOF = b"# EOF\n"
@@ -45,6 +47,16 @@ class BusinessText:
         counters only, with coarse histograms)."""
         self._group_lines: dict[tuple[str, ...], tuple[bytes, ...]] = {}
         """With coarse histograms: per group, one fragment per histogram family."""
+        self._proto: _ProtoCache | None = None
+        """The protobuf fragments, made once a scraper first asks for protobuf."""
+
+    def proto_families(self, names: frozenset[str] = frozenset()) -> Iterator[bytes]:
+        """The protobuf exposition (consumer/protobuf.py), one family per chunk, from a
+        snapshot taken now, like `families`."""
+        self._refresh()
+        if self._proto is None:
+            self._proto = _ProtoCache(self.business)
+        return self._proto.families(names)
 
     def families(self, openmetrics: bool, names: frozenset[str] = frozenset()) -> Iterator[bytes]:
         """One chunk per family, from a snapshot taken now (between batches: the event
@@ -83,6 +95,8 @@ class BusinessText:
         series, coarse = business.series, business.coarse
         for key in business.changed:
             lines[key] = self._render(key, series[key], histograms=not coarse)
+        if self._proto is not None:
+            self._proto.changed |= business.changed
         business.changed.clear()
         if coarse:
             groups, group_lines = business.groups, self._group_lines
@@ -92,6 +106,8 @@ class BusinessText:
                     for name, value in sorted(zip(business.histogram_labels, group, strict=True))
                 )
                 group_lines[group] = tuple(self._histograms(labels, groups[group]))
+            if self._proto is not None:
+                self._proto.changed_groups |= business.changed_groups
             business.changed_groups.clear()
 
     def _render(self, key: SeriesKey, t: Totals, histograms: bool) -> tuple[bytes, ...]:
@@ -131,6 +147,13 @@ def render(
     registry: CollectorRegistry, business: BusinessText | None, accept: str, names: Collection[str]
 ) -> tuple[Iterator[bytes], str]:
     """(chunks of the body, content type) for a request's Accept header and `name[]` filter."""
+    if wants_protobuf(accept):
+        chosen = registry.restricted_registry(names) if names else registry
+        encoded = list(registry_families(chosen))
+        only = frozenset(names)
+        if business is None or (only and not only & _ALL_SAMPLE_NAMES):
+            return iter(encoded), protobuf.CONTENT_TYPE
+        return _chain_all(encoded, business.proto_families(only)), protobuf.CONTENT_TYPE
     encoder, content_type = choose_encoder(accept)
     openmetrics = content_type.startswith(OPENMETRICS)
     operational = encoder(registry.restricted_registry(names) if names else registry)
@@ -152,6 +175,73 @@ def _chain(first: bytes, rest: Iterator[bytes], last: bytes = b"") -> Iterator[b
     yield from rest
     if last:
         yield last
+
+
+def _chain_all(first: list[bytes], rest: Iterator[bytes]) -> Iterator[bytes]:
+    yield from first
+    yield from rest
+
+
+class _ProtoCache:
+    """Per series (and group), the encoded Metric of each family; families are joined
+    from these at a scrape, so a quiet protobuf scrape costs what a quiet text one does."""
+
+    def __init__(self, business: BusinessMetrics) -> None:
+        self.business = business
+        b = business.buckets
+        self._bounds = [
+            (*bounds, float("inf")) for bounds in (b.duration_seconds, b.tokens, b.cost)
+        ]
+        self._series: dict[SeriesKey, tuple[bytes, ...]] = {}
+        self._groups: dict[tuple[str, ...], tuple[bytes, ...]] = {}
+        self.changed: set[SeriesKey] = set(business.series)
+        self.changed_groups: set[tuple[str, ...]] = set(business.groups)
+
+    def families(self, names: frozenset[str]) -> Iterator[bytes]:
+        business, coarse = self.business, self.business.coarse
+        for key in self.changed:
+            self._series[key] = self._encode(key, business.series[key], not coarse)
+        self.changed.clear()
+        for group in self.changed_groups:
+            self._groups[group] = tuple(self._histograms(group, business.groups[group]))
+        self.changed_groups.clear()
+        series = list(self._series.values())
+        histograms, offset = (list(self._groups.values()), len(COUNTERS)) if coarse else (series, 0)
+        for index, (name, help_text, kind, samples) in enumerate(_FAMILIES):
+            if names and not names & samples:
+                continue
+            if kind == "counter":
+                metrics = [m[index] for m in series]
+                yield protobuf.family(name + "_total", help_text, protobuf.COUNTER, metrics)
+            else:
+                metrics = [m[index - offset] for m in histograms]
+                yield protobuf.family(name, help_text, protobuf.HISTOGRAM, metrics)
+
+    def _encode(self, key: SeriesKey, t: Totals, histograms: bool) -> tuple[bytes, ...]:
+        labels = protobuf.labels(zip(LABELS, key, strict=True))
+        out = [protobuf.counter(labels, float(getattr(t, a))) for _, _, a in COUNTERS]
+        if histograms:
+            out.extend(self._histograms(key, t))
+        return tuple(out)
+
+    def _histograms(self, group: tuple[str, ...], t: Totals) -> list[bytes]:
+        labels = protobuf.labels(zip(self.business.histogram_labels, group, strict=True))
+        out = []
+        for i, ((_, _, buckets, total), bounds) in enumerate(
+            zip(HISTOGRAMS, self._bounds, strict=True)
+        ):
+            counts = list(accumulate(getattr(t, buckets)))
+            native = t.native[i] if t.native is not None else None
+            out.append(
+                protobuf.histogram(
+                    labels,
+                    counts[-1],
+                    float(getattr(t, total)),
+                    list(zip(bounds, counts, strict=True)),
+                    native,
+                )
+            )
+        return out
 
 
 def _number(value: float) -> str:

@@ -292,6 +292,13 @@ RUN_OPTIONS: tuple[Option, ...] = (
         "or one series each",
     ),
     Option(
+        "native_histograms",
+        _bool,
+        "false",
+        "also count the histograms in native (exponential, schema 3) buckets, served to "
+        "scrapers that ask for protobuf",
+    ),
+    Option(
         "dedup_window",
         _int_range(0),
         "20000",
@@ -492,6 +499,7 @@ class Settings:
     metrics_port: int
     max_series: int
     histogram_labels: str
+    native_histograms: bool
     dedup_window: int
     max_message_bytes: int
     max_batch_records: int

@@ -63,7 +63,12 @@ class Worker:
     def __init__(self, *, settings: Settings, metrics: ConsumerMetrics | None = None) -> None:
         self.settings = settings
         self.group_id = settings.group_id
-        buckets = Buckets(settings.duration_buckets, settings.tokens_buckets, settings.cost_buckets)
+        buckets = Buckets(
+            settings.duration_buckets,
+            settings.tokens_buckets,
+            settings.cost_buckets,
+            native=settings.native_histograms,
+        )
         self.buckets = buckets
         histogram_labels = HISTOGRAM_LABELS[settings.histogram_labels]
         self.metrics = metrics or ConsumerMetrics(

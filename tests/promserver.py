@@ -5,7 +5,7 @@ import shutil
 import subprocess
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -16,8 +16,9 @@ from consumer.broker import free_port
 
 
 @contextmanager
-def prometheus_server(config_text: str, workdir: Path) -> Iterator[str]:
-    """Run Prometheus with `config_text` in `workdir`; yields its base URL, stops it after."""
+def prometheus_server(config_text: str, workdir: Path, flags: Sequence[str] = ()) -> Iterator[str]:
+    """Run Prometheus with `config_text` (and `flags`) in `workdir`; yields its base URL,
+    stops it after."""
     binary = shutil.which("prometheus")
     # `make test` installs Debian's prometheus package; CI must not silently skip this.
     assert binary, "prometheus not on PATH: run the tests with `make test`"
@@ -31,6 +32,7 @@ def prometheus_server(config_text: str, workdir: Path) -> Iterator[str]:
                 f"--config.file={config}",
                 f"--storage.tsdb.path={workdir / 'data'}",
                 f"--web.listen-address=127.0.0.1:{port}",
+                *flags,
             ],
             stdout=subprocess.DEVNULL,
             stderr=log,
