@@ -5,6 +5,12 @@ that group holds make as well, and make answers SIGINT by dying of it (exit 130,
 "Interrupt") even when the demo it waits for stops cleanly and exits 0. So the demo
 moves into a process group of its own and makes it the terminal's foreground, as a
 job-control shell would, and hands the terminal back when it ends.
+
+The price: a signal sent to make's group no longer reaches the demo. make passes
+SIGTERM on to it but waits out SIGINT, so `timeout -s INT ... make demo` at a terminal
+would wait for ever; the README points scripts to `--duration` instead. Relaying the
+group's signals would need a process left behind in it, more machinery than a demo
+deserves. Without a terminal none of this happens: the demo stays in make's group.
 """
 
 import contextlib
