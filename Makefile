@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench lint install-prometheus install-stunnel install-redis install-kustomize install-maven kafka-jars clean
+.PHONY: demo test bench lint install-prometheus install-stunnel install-redis install-kustomize install-helm install-maven kafka-jars clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -54,6 +54,16 @@ install-kustomize: $(STAMP)
 	  command -v go >/dev/null || { echo "make: the deploy tests need kubectl, or kustomize $(KUSTOMIZE_VERSION), or Go to build it: install one of them" >&2; exit 1; }; \
 	  echo "make: building kustomize $(KUSTOMIZE_VERSION) into $(BIN) (the deploy tests need it)"; \
 	  GOBIN=$(abspath $(BIN)) go install sigs.k8s.io/kustomize/kustomize/v5@$(KUSTOMIZE_VERSION); }
+
+# The chart tests (tests/test_helm.py) render deploy/chart with helm. Without it on PATH,
+# helm is built from the Go module proxy into the venv (Go >= 1.26), a pinned v3 release;
+# the first build takes minutes.
+HELM_VERSION := v3.21.4
+install-helm: $(STAMP)
+	@command -v helm >/dev/null || [ -x $(BIN)/helm ] || { \
+	  command -v go >/dev/null || { echo "make: the chart tests need helm $(HELM_VERSION), or Go to build it: install one of them" >&2; exit 1; }; \
+	  echo "make: building helm $(HELM_VERSION) into $(BIN) (the chart tests need it)"; \
+	  GOBIN=$(abspath $(BIN)) go install helm.sh/helm/v3/cmd/helm@$(HELM_VERSION); }
 # The Kafka-marked tests run Apache Kafka itself from its published jars (tests/kafkabroker.py):
 # Maven resolves the release pinned in tests/kafka/pom.xml into a cache outside the repository,
 # once; later runs find the stamp and stay offline.
@@ -81,7 +91,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: $(STAMP) install-prometheus install-redis install-stunnel install-kustomize kafka-jars lint
+test: $(STAMP) install-prometheus install-redis install-stunnel install-kustomize install-helm kafka-jars lint
 	$(BIN)/pytest $(ARGS)
 
 clean:
