@@ -1,5 +1,7 @@
 """BENCHMARKS.md: the prose around the numbers of the latest run."""
 
+import json
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -144,6 +146,71 @@ from run to run, and the ratio between them less."""
     return "".join(parts)
 
 
+SERIES_DATA = Path(__file__).resolve().parent.parent / "docs" / "bench" / "series.json"
+"""`python -m bench.series --write-page`'s rows (bench/series.py)."""
+
+
+def series_cost() -> str:
+    """What Prometheus pays for the business series, from the last `bench.series` run."""
+    if not SERIES_DATA.exists():
+        return ""
+    rows = json.loads(SERIES_DATA.read_text())
+    table = "\n".join(
+        f"| {row['mode']} | {row['workers']} | {row['head_series']:,.0f} "
+        f"| {row['samples_per_scrape']:,.0f} | {row['prometheus_rss_mb']:,.0f} MB "
+        f"| {row['scrape_seconds_max']:.2f} s | {row['body_mb']:.1f} MB "
+        f"| {row['first_scrape_seconds_max']:.2f} s |"
+        for row in rows
+    )
+    native = next((r for r in rows if r["mode"] == "native" and r["workers"] == 1), None)
+    verdict = ""
+    if native is not None:
+
+        def mark(ok: bool) -> str:
+            return "met" if ok else "NOT met"
+
+        verdict = f"""
+Targets at 10,000 pairs and one worker, native histograms: head series
+{native["head_series"]:,.0f} (<= 120,000: {mark(native["head_series"] <= 120_000)}),
+Prometheus RSS {native["prometheus_rss_mb"]:,.0f} MB (<= 550 MB:
+{mark(native["prometheus_rss_mb"] <= 550)}), protobuf body {native["body_mb"]:.1f} MB
+(<= 15 MB: {mark(native["body_mb"] <= 15)}). For scale, a Go exporter on client_golang
+with the same 8 counters and 3 histograms (bucket factor 1.1), on the same Prometheus,
+gave 540,005 series and 1,475 MB with classic histograms and 110,005 series and
+483-504 MB with native ones (measured when the work was asked for).
+"""
+    return f"""
+## What Prometheus pays for the series
+
+`python -m bench.series`: 10,000 (workspace, project) pairs (2,000 workspaces x 5
+projects, two sessions each, keyed by session id) on Tansu, read by one worker and by
+three; a fresh Prometheus 2.42 (Debian's) scrapes the workers every 5 s, read after four
+scrapes. *classic*: the defaults; *native*: `--native-histograms` and a Prometheus with
+`--enable-feature=native-histograms` (it asks for protobuf, and keeps only the native
+histogram of a series that has one); *per workspace*: `--histogram-labels workspace_id`.
+Scrape: the slowest worker's last `scrape_duration_seconds`; body: all workers', in the
+format Prometheus asked for; first scrape: the slowest worker's first GET after the events
+arrived, with nothing rendered yet (curl).
+
+| histograms | workers | head series | samples/scrape | Prom. RSS | scrape | body | 1st scrape |
+|---|---:|---:|---:|---:|---:|---:|---:|
+{table}
+{verdict}
+With three workers each pair's two sessions, keyed by session id, landed on one or two of
+the workers (5/3 on average), and every worker that counted a session of a pair exports
+the pair's series: 1.66 times the series of one worker. The key a producer chooses
+decides this: keyed by session id, a pair with many sessions is exported by every
+replica; keyed by workspace (or by workspace and project), each pair by one replica
+only, whatever the replica count; null keys spread like session ids. Schema 3 puts each native histogram in a few dozen buckets here; a
+coarser schema (2: factor 1.19) halves the buckets and widens the quantile error to 19%,
+a finer one (4: factor 1.044) doubles them. At 100,000 pairs expect ten times the
+figures of a row: with classic histograms ~5.4 million series and ~15 GB of Prometheus
+memory per replica that sees every pair; use `--native-histograms` (about 1.1 million
+series, ~4.5 GB), or `--histogram-labels workspace_id` if distributions per workspace
+are enough, and raise `--max-series` (10,000 by default) only then.
+"""
+
+
 def render(
     r: "Results", table: list[str], verdicts: list[str], tables: dict[str, list[str]]
 ) -> str:
@@ -205,7 +272,7 @@ Compare figures within one run only: this machine's speed differs from run to ru
 Two workers in one group (no target): {two:,.0f} events/s together,
 {two / r.rate("project"):.2f}x one worker. They share this machine's two cores
 with the broker, so this shows the group splitting the work, not a scaling limit.
-{dedup_cost(r)}{on_other_brokers(r, tables)}
+{dedup_cost(r)}{series_cost()}{on_other_brokers(r, tables)}
 ## Scrape time at {s["series"]:,.0f} series
 
 One worker holding {s["series"]:,.0f} (workspace, project) series
