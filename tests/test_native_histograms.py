@@ -1,18 +1,23 @@
 """`--native-histograms`: a real Prometheus with native histograms on asks for the
 protobuf exposition and ingests the three histograms as native ones. Its
 histogram_count, histogram_sum and histogram_quantile agree with the produced events:
-counts and sums exactly, quantiles within one schema-3 bucket (9.05%)."""
+counts and sums exactly, quantiles within one schema-3 bucket (9.05%). Prometheus fetches
+it gzipped and through basic auth, as in production; a worker without the option serves
+the same protobuf with classic histograms only, and Prometheus keeps those."""
 
 import asyncio
 import math
 import statistics
 from collections.abc import Iterator
+from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 from aiokafka import AIOKafkaProducer
 
 from consumer.broker import free_port
 from consumer.produce import produce
+from consumer.settings import Settings
 from tests.conftest import Broker, TopicFactory, WorkerFactory, settings_for
 from tests.corpus import corpus
 from tests.promserver import prometheus_server
@@ -21,22 +26,47 @@ from tests.test_prometheus import query
 pytestmark = [pytest.mark.broker, pytest.mark.prometheus]
 
 WORKER_PORT = free_port()
+USER, PASSWORD = "prometheus", "Native-Pa55word"
 BUCKET_WIDTH = 2 ** (1 / 8) - 1
 """Schema 3: a bucket's upper bound is 9.05% above its lower one."""
 
 
 @pytest.fixture(scope="module")
-def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def password_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("secret") / "password"
+    path.write_text(PASSWORD)
+    return path
+
+
+class Scraping(NamedTuple):
+    url: str
+    password_file: Path
+
+
+@pytest.fixture(scope="module")
+def scraping(tmp_path_factory: pytest.TempPathFactory, password_file: Path) -> Iterator[Scraping]:
     config = (
         "global: {scrape_interval: 1s, scrape_timeout: 1s}\n"
         "scrape_configs:\n"
         "  - job_name: session-metrics\n"
+        f"    basic_auth: {{username: {USER}, password_file: '{password_file}'}}\n"
         f"    static_configs: [{{targets: ['127.0.0.1:{WORKER_PORT}']}}]\n"
     )
     with prometheus_server(
         config, tmp_path_factory.mktemp("prometheus"), ["--enable-feature=native-histograms"]
     ) as url:
-        yield url
+        yield Scraping(url, password_file)
+
+
+def secured(broker: Broker, topic: str, password_file: Path, **options: object) -> Settings:
+    return settings_for(
+        broker.bootstrap,
+        topic,
+        metrics_port=WORKER_PORT,
+        metrics_auth_username=USER,
+        metrics_auth_password_file=password_file,
+        **options,
+    )
 
 
 async def value(prometheus: str, promql: str) -> float | None:
@@ -53,13 +83,12 @@ async def test_prometheus_ingests_native_histograms_that_agree_with_the_events(
     new_topic: TopicFactory,
     producer: AIOKafkaProducer,
     start_worker: WorkerFactory,
-    prometheus: str,
+    scraping: Scraping,
 ) -> None:
+    prometheus = scraping.url
     topic = await new_topic(partitions=3)
     await produce(producer, topic, count=1500, rate=None, seed=71)
-    await start_worker(
-        settings_for(broker.bootstrap, topic, metrics_port=WORKER_PORT, native_histograms=True)
-    )
+    await start_worker(secured(broker, topic, scraping.password_file, native_histograms=True))
     events = corpus(seed=71, count=1500)
     # histogram_count() answers only for native histograms: a classic one gives nothing.
     count = "sum(histogram_count(llm_session_cost_per_session))"
@@ -96,3 +125,25 @@ async def test_prometheus_ingests_native_histograms_that_agree_with_the_events(
             f'sum(histogram_count(llm_session_duration_seconds{{workspace_id="{workspace}"}}))',
         )
         assert got == sessions
+
+
+async def test_without_the_option_prometheus_gets_classic_histograms_in_protobuf(
+    broker: Broker,
+    new_topic: TopicFactory,
+    producer: AIOKafkaProducer,
+    start_worker: WorkerFactory,
+    scraping: Scraping,
+) -> None:
+    prometheus = scraping.url
+    topic = await new_topic(partitions=2)
+    await produce(producer, topic, count=400, rate=None, seed=72)
+    await start_worker(secured(broker, topic, scraping.password_file))
+    count = 'sum(llm_session_cost_per_session_count{job="session-metrics"})'
+    deadline = asyncio.get_running_loop().time() + 60
+    while await value(prometheus, count) != 400:
+        assert asyncio.get_running_loop().time() < deadline, "no classic histogram of them all"
+        await asyncio.sleep(0.5)
+    inf = 'sum(llm_session_cost_per_session_bucket{le="+Inf"})'
+    assert await value(prometheus, inf) == 400
+    # ...and no native one: histogram_count() has nothing to count.
+    assert await value(prometheus, "sum(histogram_count(llm_session_cost_per_session))") is None
