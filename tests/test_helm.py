@@ -458,3 +458,17 @@ def test_a_packaged_chart_carries_the_kit_and_renders_the_same(
     packaged = helm.run(*args)
     assert packaged.returncode == 0, packaged.stderr
     assert [o for o in yaml.safe_load_all(packaged.stdout) if o] == charted["prod"]
+
+
+def test_redis_is_sized_from_values_and_still_refuses_claims_when_full(tmp_path: Path) -> None:
+    memory = {"cpu": "1", "memory": "1Gi"}
+    values = tmp_path / "values.yaml"
+    values.write_text(
+        yaml.safe_dump(
+            {"redis": {"maxmemory": "768mb", "resources": {"requests": memory, "limits": memory}}}
+        )
+    )
+    objects = helm.render(PROD_VALUES, values)
+    args = kit.container(objects, kit.REDIS)["args"]
+    assert args[args.index("--maxmemory") + 1] == "768mb"
+    kit.test_redis_is_one_pod_in_memory_that_refuses_claims_when_full({"prod": objects})
