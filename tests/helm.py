@@ -37,8 +37,8 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
     return done
 
 
-def template_args(*values: Path, sets: tuple[str, ...] = ()) -> list[str]:
-    args = ["template", "session-metrics", str(CHART), "--kube-version", KUBE_VERSION]
+def template_args(*values: Path, sets: tuple[str, ...] = (), chart: Path = CHART) -> list[str]:
+    args = ["template", "session-metrics", str(chart), "--kube-version", KUBE_VERSION]
     for path in values:
         args += ["-f", str(path)]
     for assignment in sets:
@@ -46,9 +46,9 @@ def template_args(*values: Path, sets: tuple[str, ...] = ()) -> list[str]:
     return args
 
 
-def render(*values: Path, sets: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+def render(*values: Path, sets: tuple[str, ...] = (), chart: Path = CHART) -> list[dict[str, Any]]:
     """The objects `helm template` gives for these values files and --set assignments."""
-    done = run(*template_args(*values, sets=sets))
+    done = run(*template_args(*values, sets=sets, chart=chart))
     assert done.returncode == 0, done.stderr
     assert done.stderr == "", "helm warns"
     return [doc for doc in yaml.safe_load_all(done.stdout) if doc]

@@ -14,6 +14,7 @@ import copy
 import json
 import os
 import re
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ import tests.test_deploy as kit
 from consumer import __version__
 from consumer.settings import all_options, run_settings
 from tests import helm
-from tests.test_deploy_monitoring import promtool
+from tests.test_deploy_monitoring import documented_runbook_links, promtool, runbook_urls
 
 Object = dict[str, Any]
 
@@ -472,3 +473,21 @@ def test_redis_is_sized_from_values_and_still_refuses_claims_when_full(tmp_path:
     args = kit.container(objects, kit.REDIS)["args"]
     assert args[args.index("--maxmemory") + 1] == "768mb"
     kit.test_redis_is_one_pod_in_memory_that_refuses_claims_when_full({"prod": objects})
+
+
+def test_a_runbook_base_url_set_for_kustomize_reaches_the_charts_alerts_too(
+    tmp_path: Path,
+) -> None:
+    """Where docs/operations.md has Kustomize users set it, in deploy/monitoring itself:
+    the chart reads it there, so the URL is set once for both."""
+    deploy = tmp_path / "deploy"
+    shutil.copytree(kit.DEPLOY, deploy, symlinks=True)
+    monitoring = deploy / "monitoring"
+    kustomization = yaml.safe_load((monitoring / "kustomization.yaml").read_text())
+    lines = documented_runbook_links()
+    kustomization["components"] = lines["components"]
+    kustomization["configMapGenerator"] += lines["configMapGenerator"]
+    (monitoring / "kustomization.yaml").write_text(yaml.safe_dump(kustomization))
+    chart = helm.render(chart=deploy / CHART.relative_to(kit.DEPLOY))
+    assert differences(chart, kit.kustomize(deploy / "base") + kit.kustomize(monitoring)) == []
+    assert all(runbook_urls(chart).values())
