@@ -493,6 +493,22 @@ def test_port_in_use_exits_1_with_one_line_naming_the_setting_and_the_address() 
     )
 
 
+@pytest.mark.broker
+def test_demo_on_a_port_in_use_exits_1_with_one_line() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+
+        result = run_cli("demo", "--metrics-port", str(port), "--duration", "5")
+
+    assert result.returncode == 1, result.stderr
+    assert result.stderr == (
+        f"session-metrics: cannot listen on 127.0.0.1:{port}: address already in use "
+        '(check --metrics-port, e.g. make demo ARGS="--metrics-port 8001")\n'
+    )
+
+
 def test_run_serves_process_metrics_while_kafka_is_unreachable() -> None:
     # Port 9 refuses: the worker retries Kafka, and /metrics answers meanwhile.
     port = free_port()
