@@ -68,6 +68,7 @@ class Ports:
     ssl: int
     mtls: int
     sasl: int
+    sasl_ssl: int
 
 
 def _properties(ports: Ports, data: Path, pki: Pki) -> str:
@@ -77,6 +78,7 @@ def _properties(ports: Ports, data: Path, pki: Pki) -> str:
         "SSL": ports.ssl,
         "MTLS": ports.mtls,
         "SASL_PLAINTEXT": ports.sasl,
+        "SASL_SSL": ports.sasl_ssl,
     }
     client = ",".join(f"{name}://127.0.0.1:{port}" for name, port in listeners.items())
     return "\n".join(
@@ -89,7 +91,7 @@ def _properties(ports: Ports, data: Path, pki: Pki) -> str:
             f"listeners=CONTROLLER://127.0.0.1:{ports.controller},{client}",
             f"advertised.listeners={client}",
             "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SSL:SSL,"
-            "MTLS:SSL,SASL_PLAINTEXT:SASL_PLAINTEXT",
+            "MTLS:SSL,SASL_PLAINTEXT:SASL_PLAINTEXT,SASL_SSL:SASL_SSL",
             f"log.dirs={data}",
             # One node: every internal topic has one replica, and nothing waits for others.
             "offsets.topic.replication.factor=1",
@@ -107,12 +109,20 @@ def _properties(ports: Ports, data: Path, pki: Pki) -> str:
             f"ssl.truststore.location={pki.ca}",
             "listener.name.mtls.ssl.client.auth=required",
             "sasl.enabled.mechanisms=PLAIN,SCRAM-SHA-256,SCRAM-SHA-512",
-            f"listener.name.sasl_plaintext.plain.sasl.jaas.config={jaas}.plain.PlainLoginModule "
-            f'required user_{USER}="{PASSWORD}";',
+            # The same logins on both SASL listeners: SASL_SSL (TLS with the server
+            # certificate above, then SASL) is what production runs.
             *(
-                f"listener.name.sasl_plaintext.{m.lower()}.sasl.jaas.config="
-                f"{jaas}.scram.ScramLoginModule required;"
-                for m in SCRAM
+                line
+                for listener in ("sasl_plaintext", "sasl_ssl")
+                for line in (
+                    f"listener.name.{listener}.plain.sasl.jaas.config="
+                    f'{jaas}.plain.PlainLoginModule required user_{USER}="{PASSWORD}";',
+                    *(
+                        f"listener.name.{listener}.{m.lower()}.sasl.jaas.config="
+                        f"{jaas}.scram.ScramLoginModule required;"
+                        for m in SCRAM
+                    ),
+                )
             ),
             "",
         ]
@@ -122,12 +132,13 @@ def _properties(ports: Ports, data: Path, pki: Pki) -> str:
 class KafkaBroker:
     """Apache Kafka on free loopback ports, one listener per security protocol; a context
     manager. `bootstrap` is PLAINTEXT; `ssl_bootstrap`, `mtls_bootstrap` (client
-    certificate required) and `sasl_bootstrap` (PLAIN and both SCRAMs for USER/PASSWORD)."""
+    certificate required), `sasl_bootstrap` (PLAIN and both SCRAMs for USER/PASSWORD) and
+    `sasl_ssl_bootstrap` (the same logins over TLS)."""
 
     def __init__(self, workdir: Path, pki: Pki) -> None:
         self.workdir = workdir
         self.pki = pki
-        self.ports = Ports(*(free_port() for _ in range(5)))
+        self.ports = Ports(*(free_port() for _ in range(6)))
         self.data = workdir / "data"
         self.log_path = workdir / "kafka.log"
         self.config = workdir / "server.properties"
@@ -150,6 +161,10 @@ class KafkaBroker:
     @property
     def sasl_bootstrap(self) -> str:
         return f"127.0.0.1:{self.ports.sasl}"
+
+    @property
+    def sasl_ssl_bootstrap(self) -> str:
+        return f"127.0.0.1:{self.ports.sasl_ssl}"
 
     def java(self, main: str, *args: str, heap: str = "512m") -> list[str]:
         jars = jar_dir()

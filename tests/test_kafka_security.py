@@ -1,5 +1,6 @@
-"""SASL and TLS on Apache Kafka's own listeners: logins that succeed, with exact totals, and
-refusals that exit 1 with one line. (Tansu can only refuse: see tests/test_sasl.py.)"""
+"""SASL and TLS on Apache Kafka's own listeners, alone and together (SASL_SSL): logins that
+succeed, with exact totals, and refusals that exit 1 with one line. (Tansu can only refuse:
+see tests/test_sasl.py.)"""
 
 import math
 import uuid
@@ -36,10 +37,16 @@ async def produced_topic(kafka: KafkaBroker, seed: int) -> str:
 
 
 def credentials(
-    mechanism: str, source: str, tmp_path: Path, user: str = USER, password: str = PASSWORD
+    mechanism: str,
+    source: str,
+    tmp_path: Path,
+    *,
+    user: str = USER,
+    password: str = PASSWORD,
+    protocol: str = "SASL_PLAINTEXT",
 ) -> tuple[list[str], dict[str, str]]:
-    """SASL_PLAINTEXT flags and environment, the password from the environment or a file."""
-    args = ["--security-protocol", "SASL_PLAINTEXT", "--sasl-mechanism", mechanism]
+    """SASL flags and environment, the password from the environment or a file."""
+    args = ["--security-protocol", protocol, "--sasl-mechanism", mechanism]
     args += ["--sasl-username", user]
     if source == "env":
         return args, {"SESSION_METRICS_SASL_PASSWORD": password}
@@ -72,6 +79,12 @@ async def test_sasl_login_on_kafka_counts_every_event_exactly(
         ["--bootstrap-servers", kafka.sasl_bootstrap, "--topic", topic, *args],
         env=env,
     )
+    await assert_worker_counts_exactly(worker, seed)
+
+
+async def assert_worker_counts_exactly(worker: Worker, seed: int) -> None:
+    """Start `worker` on the topic of `seed`: exact totals on /metrics, then a clean stop,
+    and the password in none of its logs."""
     await worker.start()
     try:
         await until(lambda: _counted_is(worker, COUNT), 60, f"{COUNT} counted over SASL")
@@ -117,6 +130,52 @@ async def test_refused_sasl_login_on_kafka_exits_1_with_one_line(
         lines,
         f"session-metrics: Kafka error: BrokerRefused: {kafka.sasl_bootstrap} "
         f"refused the SASL {mechanism} login of user {user!r} {HINT}",
+    )
+    assert not any(password in line for line in lines)
+
+
+# --- SASL over TLS ------------------------------------------------------------------------------
+
+# What production runs: TLS to a private CA, then SASL. PLAIN is Confluent Cloud's,
+# SCRAM-SHA-512 MSK's, Strimzi's and the README's example. A login that counts costs a
+# worker process (~2 s), so only the README's: every mechanism already counts over
+# SASL_PLAINTEXT, and TLS under SASL is the same for each. A refusal costs ~0.7 s: both.
+SASL_SSL_MECHANISMS = ["PLAIN", "SCRAM-SHA-512"]
+
+
+def sasl_ssl_args(
+    kafka: KafkaBroker, pki: Pki, mechanism: str, tmp_path: Path, password: str = PASSWORD
+) -> tuple[list[str], dict[str, str]]:
+    """Flags and environment for the SASL_SSL listener, trusting the test CA."""
+    args, env = credentials(mechanism, "env", tmp_path, password=password, protocol="SASL_SSL")
+    tls = ["--ssl-cafile", str(pki.ca)]
+    return ["--bootstrap-servers", kafka.sasl_ssl_bootstrap, *args, *tls], env
+
+
+async def test_sasl_ssl_login_on_kafka_counts_every_event_exactly(
+    kafka: KafkaBroker, kafka_pki: Pki, tmp_path: Path
+) -> None:
+    seed = 130
+    topic = await produced_topic(kafka, seed)
+    args, env = sasl_ssl_args(kafka, kafka_pki, "SCRAM-SHA-512", tmp_path)
+    worker = Worker(tmp_path, "sasl-ssl", [*args, "--topic", topic], env=env)
+    await assert_worker_counts_exactly(worker, seed)
+
+
+@pytest.mark.parametrize("mechanism", SASL_SSL_MECHANISMS)
+async def test_refused_sasl_ssl_login_on_kafka_exits_1_with_one_line(
+    kafka: KafkaBroker, kafka_pki: Pki, tmp_path: Path, mechanism: str
+) -> None:
+    password = "not-the-" + PASSWORD
+    args, env = sasl_ssl_args(kafka, kafka_pki, mechanism, tmp_path, password=password)
+
+    code, lines = await run_cli(*args, env=env)
+
+    assert code == 1
+    assert_one_error_line_after_json_logs(
+        lines,
+        f"session-metrics: Kafka error: BrokerRefused: {kafka.sasl_ssl_bootstrap} "
+        f"refused the SASL {mechanism} login of user {USER!r} {HINT}",
     )
     assert not any(password in line for line in lines)
 
