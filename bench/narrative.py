@@ -201,13 +201,15 @@ the workers (5/3 on average), and every worker that counted a session of a pair 
 the pair's series: 1.66 times the series of one worker. The key a producer chooses
 decides this: keyed by session id, a pair with many sessions is exported by every
 replica; keyed by workspace (or by workspace and project), each pair by one replica
-only, whatever the replica count; null keys spread like session ids. Schema 3 puts each native histogram in a few dozen buckets here; a
-coarser schema (2: factor 1.19) halves the buckets and widens the quantile error to 19%,
-a finer one (4: factor 1.044) doubles them. At 100,000 pairs expect ten times the
-figures of a row: with classic histograms ~5.4 million series and ~15 GB of Prometheus
-memory per replica that sees every pair; use `--native-histograms` (about 1.1 million
-series, ~4.5 GB), or `--histogram-labels workspace_id` if distributions per workspace
-are enough, and raise `--max-series` (10,000 by default) only then.
+only, whatever the replica count; null keys spread like session ids.
+
+Schema 3 puts each native histogram in a few dozen buckets here; a coarser schema (2:
+factor 1.19) halves the buckets and widens the quantile error to 19%, a finer one (4:
+factor 1.044) doubles them. At 100,000 pairs expect ten times the figures of a row: with
+classic histograms ~5.4 million series and ~15 GB of Prometheus memory per replica that
+sees every pair; use `--native-histograms` (about 1.1 million series, ~4.5 GB), or
+`--histogram-labels workspace_id` if distributions per workspace are enough, and raise
+`--max-series` (10,000 by default) only then.
 """
 
 
