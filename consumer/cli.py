@@ -1,4 +1,5 @@
-"""Command line: `session-metrics run | produce | demo`. Thin: parse, configure, hand over."""
+"""Command line: `session-metrics run | produce | demo | reconcile`. Thin: parse, configure,
+hand over."""
 
 import argparse
 import asyncio
@@ -22,7 +23,10 @@ from consumer.settings import (
     ConfigError,
     add_arguments,
     add_flags,
+    add_reconcile_flags,
     kafka_settings,
+    reconcile_options,
+    reconcile_settings,
     run_settings,
 )
 from consumer.terminal import own_foreground
@@ -56,13 +60,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="embedded broker + synthetic events + consumer")
     add_flags(demo, DEMO_FLAGS)
+
+    reconcile = commands.add_parser(
+        "reconcile", help="the log's exact totals, compared with what Prometheus holds"
+    )
+    add_arguments(reconcile, reconcile_options())
+    add_reconcile_flags(reconcile)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    command = {"run": _run, "produce": _produce}.get(args.command, _demo)
+    command = {"run": _run, "produce": _produce, "reconcile": _reconcile}.get(args.command, _demo)
     try:
         return command(args)
     except ConfigError as exc:
@@ -110,6 +120,14 @@ def _cannot_listen(exc: Exception, settings: str) -> int:
     # Not a configuration error (exit 2): the value is valid, the machine's state is not.
     print(f"session-metrics: {exc} (check {settings})", file=sys.stderr)
     return 1
+
+
+def _reconcile(args: argparse.Namespace) -> int:
+    from consumer.reconcile_cmd import main as reconcile  # noqa: PLC0415
+
+    settings = reconcile_settings(args)
+    logs.configure(settings.log_level)
+    return reconcile(settings)
 
 
 def _produce(args: argparse.Namespace) -> int:

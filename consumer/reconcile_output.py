@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from consumer.metrics import COUNTERS
-from consumer.reconcile import Row, Sample, Summary
+from consumer.reconcile import Row, Sample, Summary, sample_names
 
 
 def number(value: float) -> str:
@@ -44,7 +44,7 @@ def as_json(rows: Sequence[Row]) -> str:
 
 def differences_table(rows: Sequence[Row]) -> str:
     """The samples that differ ("" when none does)."""
-    differing = [r for r in rows if not r.equal]
+    differing = sorted((r for r in rows if not r.equal), key=_by_series)
     if not differing:
         return ""
     header = ("series", "log", "prometheus", "difference")
@@ -53,6 +53,15 @@ def differences_table(rows: Sequence[Row]) -> str:
         for r in differing
     ]
     return "\n".join(_aligned([header, *body]))
+
+
+_ORDER = {name: i for i, name in enumerate(sample_names())}
+
+
+def _by_series(r: Row) -> tuple[str, str, int, float]:
+    """A series' samples together, sessions first, in the exposition's order."""
+    name, workspace, project, le = r.sample
+    return workspace, project, _ORDER.get(name, len(_ORDER)), float(le) if le else 0.0
 
 
 def _signed(r: Row) -> str:

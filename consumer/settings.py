@@ -860,6 +860,272 @@ def options_table(options: Sequence[Option]) -> str:
     return "\n".join(lines)
 
 
+# --- reconcile ---------------------------------------------------------------------------------
+
+RECONCILE_SHARED = (
+    "topic",
+    "group_id",
+    "isolation_level",
+    "value_format",
+    "cloudevents_type",
+    "dedup_window",
+    "max_message_bytes",
+    "reject_duplicate_keys",
+    "duration_buckets",
+    "tokens_buckets",
+    "cost_buckets",
+    "log_level",
+)
+"""Options of `run` that `reconcile` takes as they are (same flag, same variable): it must
+decode, dedup and bucket as the workers do, so it reads the workers' own configuration."""
+
+
+def _http_url(raw: str) -> str:
+    value = raw.strip().rstrip("/")
+    scheme, sep, rest = value.partition("://")
+    if not sep or scheme not in {"http", "https"} or not rest:
+        raise ValueError("must be an http:// or https:// URL")
+    if "@" in rest.split("/", 1)[0]:
+        raise ValueError(
+            "must not carry credentials: use --prometheus-username with "
+            "SESSION_METRICS_PROMETHEUS_PASSWORD or a bearer token"
+        )
+    return value
+
+
+RECONCILE_OPTIONS: tuple[Option, ...] = (
+    Option(
+        "prometheus_url",
+        _http_url,
+        None,
+        "Prometheus to compare with, http(s)://host:port[/prefix] (off: print the log's totals)",
+    ),
+    Option("prometheus_username", _basic_auth_user, None, "basic-auth user for Prometheus"),
+    Option(
+        "prometheus_password",
+        _text,
+        None,
+        "basic-auth password for Prometheus (environment only)",
+        flag_allowed=False,
+    ),
+    Option("prometheus_password_file", _existing_file, None, "file holding that password"),
+    Option(
+        "prometheus_bearer_token",
+        _text,
+        None,
+        "bearer token for Prometheus (environment only)",
+        flag_allowed=False,
+    ),
+    Option("prometheus_bearer_token_file", _existing_file, None, "file holding that token"),
+    Option("prometheus_cafile", _existing_file, None, "CA bundle (PEM) to verify Prometheus"),
+    Option(
+        "prometheus_selector",
+        _text,
+        None,
+        'label matchers added to every query, e.g. job="session-metrics"',
+    ),
+)
+
+
+def _time_ms(raw: str) -> int:
+    """RFC 3339 with a zone, or Unix seconds."""
+    from datetime import datetime  # noqa: PLC0415  # only reconcile parses times
+
+    text = raw.strip()
+    try:
+        return round(float(text) * 1000)
+    except ValueError:
+        pass
+    try:
+        when = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        raise ValueError("must be an RFC 3339 time with a zone or Unix seconds") from None
+    if when.tzinfo is None:
+        raise ValueError("must carry a time zone (e.g. Z or +02:00)")
+    return round(when.timestamp() * 1000)
+
+
+PartitionOffsets = dict[tuple[str, int], tuple[int, int | None]]
+
+
+def _offsets(raw: str) -> PartitionOffsets:
+    """TOPIC:PARTITION=START-[END],... (no END: to the partition's end)."""
+    reason = "must be TOPIC:PARTITION=START-[END], comma-separated"
+    out: PartitionOffsets = {}
+    for item in (i.strip() for i in raw.split(",") if i.strip()):
+        where, eq, span = item.partition("=")
+        topic, colon, partition = where.rpartition(":")
+        start, dash, end = span.partition("-")
+        if not (eq and colon and dash and topic and partition.isdigit() and start.isdigit()):
+            raise ValueError(reason)
+        if end and not end.isdigit():
+            raise ValueError(reason)
+        stop = int(end) if end else None
+        if stop is not None and stop < int(start):
+            raise ValueError(f"{item}: END must not be below START")
+        out[(_check_topic_name(topic), int(partition))] = (int(start), stop)
+    if not out:
+        raise ValueError(reason)
+    return out
+
+
+RECONCILE_FLAGS: tuple[Flag, ...] = (
+    Flag("format", _choice("table", "json"), "table", "output: table or json"),
+    Flag(
+        "from",
+        _time_ms,
+        "",
+        "count records from this time on (RFC 3339 with a zone, or Unix seconds; offline only)",
+    ),
+    Flag("to", _time_ms, "", "count records before this time (as --from; offline only)"),
+    Flag(
+        "offsets",
+        _offsets,
+        "",
+        "exact ranges instead: TOPIC:PARTITION=START-[END],... (no END: to the end; offline only)",
+    ),
+)
+"""Flags of one reconcile run, no environment twin: a range is a question, not a setting."""
+
+
+def add_reconcile_flags(parser: argparse.ArgumentParser) -> None:
+    for f in RECONCILE_FLAGS:
+        parser.add_argument(
+            f.flag,
+            dest=f.name,
+            metavar=f.name.upper(),
+            type=_flag_type(f.parse),
+            default=f.parse(f.default) if f.default else None,
+            help=f.help + (f" (default: {f.default})" if f.default else ""),
+        )
+
+
+def reconcile_flags_table() -> str:
+    lines = ["| Flag | Default | Meaning |", "|---|---|---|"]
+    lines += [
+        f"| `{f.flag}` | {f'`{f.default}`' if f.default else '—'} | {f.help} |"
+        for f in RECONCILE_FLAGS
+    ]
+    return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class ReconcileSettings:
+    kafka: KafkaSettings
+    topic: tuple[str, ...]
+    group_id: str
+    isolation_level: str
+    value_format: str
+    cloudevents_type: frozenset[str] | None
+    dedup_window: int
+    max_message_bytes: int
+    reject_duplicate_keys: bool
+    duration_buckets: tuple[float, ...]
+    tokens_buckets: tuple[float, ...]
+    cost_buckets: tuple[float, ...]
+    log_level: str
+    dedup_store: bool
+    """Only whether the workers use a claim store: it changes what counts as a repeat."""
+    prometheus_url: str | None
+    prometheus_username: str | None
+    prometheus_password: str | None = field(repr=False)
+    prometheus_password_file: Path | None
+    prometheus_bearer_token: str | None = field(repr=False)
+    prometheus_bearer_token_file: Path | None
+    prometheus_cafile: Path | None
+    prometheus_selector: str | None
+    format: str = "table"
+    range_from_ms: int | None = None
+    range_to_ms: int | None = None
+    offsets: PartitionOffsets | None = None
+
+    @property
+    def partial(self) -> bool:
+        return (self.range_from_ms, self.range_to_ms, self.offsets) != (None, None, None)
+
+
+def reconcile_options() -> tuple[Option, ...]:
+    """Every option `reconcile` reads: the Kafka connection, the run options it shares,
+    its own, and `--dedup-store` (whether the workers use one; never connected to)."""
+    shared = tuple(o for o in RUN_OPTIONS if o.name in RECONCILE_SHARED)
+    return (*KAFKA_OPTIONS, *shared, *RECONCILE_OPTIONS, STORE_OPTIONS[0])
+
+
+def reconcile_settings(
+    args: argparse.Namespace, environ: Mapping[str, str] | None = None
+) -> ReconcileSettings:
+    kafka = kafka_settings(args, environ)
+    shared = [o for o in RUN_OPTIONS if o.name in RECONCILE_SHARED]
+    values = resolve([*shared, *RECONCILE_OPTIONS], args, environ)
+    _require(values, "topic")
+    store = resolve(STORE_OPTIONS[:1], args, environ)["dedup_store"] is not None
+    flags: dict[str, Any] = {
+        "format": getattr(args, "format", None) or "table",
+        "range_from_ms": getattr(args, "from", None),
+        "range_to_ms": getattr(args, "to", None),
+        "offsets": getattr(args, "offsets", None),
+    }
+    s = ReconcileSettings(kafka=kafka, dedup_store=store, **values, **flags)
+    _check_reconcile(s)
+    return s
+
+
+def _check_reconcile(s: ReconcileSettings) -> None:
+    _check_range(s)
+    _check_prometheus_auth(s)
+
+
+def _check_range(s: ReconcileSettings) -> None:
+    if s.offsets is not None and (s.range_from_ms, s.range_to_ms) != (None, None):
+        raise ConfigError("--offsets: give either it or --from/--to")
+    if None not in (s.range_from_ms, s.range_to_ms) and s.range_to_ms <= s.range_from_ms:  # type: ignore[operator]
+        raise ConfigError("--to: must be after --from")
+    if s.offsets is not None and not {t for t, _ in s.offsets} <= set(s.topic):
+        raise ConfigError("--offsets: names a topic that --topic does not")
+    if s.partial and s.prometheus_url is not None:
+        raise ConfigError(
+            "--prometheus-url / SESSION_METRICS_PROMETHEUS_URL: a partial range (--from, --to, "
+            "--offsets) is totalled offline only: Prometheus's totals cover everything the "
+            "group counted"
+        )
+
+
+def _check_prometheus_auth(s: ReconcileSettings) -> None:
+    basic = s.prometheus_username is not None
+    passwords = (s.prometheus_password, s.prometheus_password_file)
+    tokens = (s.prometheus_bearer_token, s.prometheus_bearer_token_file)
+    if basic and passwords.count(None) != 1:
+        raise ConfigError(
+            "SESSION_METRICS_PROMETHEUS_PASSWORD: give exactly one of it and "
+            "--prometheus-password-file with --prometheus-username"
+        )
+    if not basic and passwords != (None, None):
+        raise ConfigError(
+            "--prometheus-username / SESSION_METRICS_PROMETHEUS_USERNAME: required with a password"
+        )
+    if tokens.count(None) == 0 or (basic and tokens != (None, None)):
+        raise ConfigError(
+            "SESSION_METRICS_PROMETHEUS_BEARER_TOKEN: give at most one of it, "
+            "--prometheus-bearer-token-file and --prometheus-username"
+        )
+    for name in ("prometheus_password_file", "prometheus_bearer_token_file"):
+        path = getattr(s, name)
+        flag = "--" + name.replace("_", "-")
+        try:
+            secret = None if path is None else path.read_text(encoding="utf-8").rstrip("\r\n")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{flag}: cannot read: {exc}") from None
+        if secret == "":
+            raise ConfigError(f"{flag}: the file is empty")
+    if s.prometheus_cafile is not None:
+        try:
+            ssl.create_default_context(cafile=s.prometheus_cafile)
+        except (ssl.SSLError, OSError) as exc:
+            raise ConfigError(
+                f"--prometheus-cafile / SESSION_METRICS_PROMETHEUS_CAFILE: cannot load: {exc}"
+            ) from None
+
+
 if __name__ == "__main__":
     for group in (KAFKA_OPTIONS, RUN_OPTIONS, HTTP_OPTIONS, STORE_OPTIONS):
         print(options_table(group), end="\n\n")

@@ -1,0 +1,247 @@
+"""`session-metrics reconcile` against a real broker and a real Prometheus: the log's
+totals equal sums computed one record at a time, it neither joins nor commits, a range
+that starts mid-partition decides repeats as the whole log does, what a worker committed
+but Prometheus never scraped is found and named, and each case it cannot answer is one
+line and exit 2."""
+
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.structs import OffsetAndMetadata
+
+from consumer.broker import free_port
+from consumer.synthetic import SessionFactory, encode
+from schemas import CreateSessionResponseBody
+from tests.conftest import Broker, TopicFactory
+from tests.corpus import expected_samples
+from tests.faults import BATCH_COMMITS, FAST_GROUP, Workers, committed, until
+from tests.promserver import FileTargets, file_sd_config, prometheus_server, query
+from tests.reconcile_run import disagreements, reconcile, reconcile_process
+
+pytestmark = [pytest.mark.broker]
+
+WINDOW = 40
+Entry = CreateSessionResponseBody | None
+"""What one offset carries: an event, or None (invalid value, tombstone)."""
+
+
+async def commit(bootstrap: str, group: str, topic: str, offsets: dict[int, int]) -> None:
+    """Commit `offsets` for `group` as a worker would have."""
+    c = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    await c.start()
+    try:
+        tps = {TopicPartition(topic, p): OffsetAndMetadata(o, "") for p, o in offsets.items()}
+        c.assign(list(tps))
+        await c.commit(tps)
+    finally:
+        await c.stop()
+
+
+async def fill(producer: AIOKafkaProducer, topic: str, partitions: int) -> list[list[Entry]]:
+    """Each partition's log: events (plain and Confluent-framed), invalid values, tombstones,
+    repeats just after their first copy and far beyond the window."""
+    logs: list[list[Entry]] = [[] for _ in range(partitions)]
+    for i, e in enumerate(SessionFactory(31).events(600)):
+        p, log = i % partitions, logs[i % partitions]
+        sends: list[tuple[bytes | None, Entry]] = [
+            (encode(e) if i % 2 else b"\x00\x00\x00\x00\x07" + encode(e), e)
+        ]
+        if i % 7 == 0:
+            sends.append((b"{not json", None))
+        if i % 11 == 0:
+            sends.append((None, None))
+        if i % 5 == 0:
+            sends.append((encode(e), e))
+        if i % 4 == 0 and len(log) > WINDOW and (half := log[-WINDOW // 2]) is not None:
+            sends.append((encode(half), half))  # half a window back: a mid-range start splits it
+        if i % 9 == 0 and len(log) > 3 * WINDOW:
+            old = next(x for x in log[-3 * WINDOW :] if x is not None)
+            sends.append((encode(old), old))
+        for value, entry in sends:
+            await producer.send(topic, value, key=b"k", partition=p)
+            log.append(entry)
+    await producer.flush()
+    return logs
+
+
+def counted(log: list[Entry], start: int, end: int) -> list[CreateSessionResponseBody]:
+    """The log-window rule one offset at a time: an event counts unless its id sits at an
+    offset in [o - WINDOW, o); offsets in [start, end) count."""
+    last: dict[str, int] = {}
+    out = []
+    for offset, e in enumerate(log[:end]):
+        if e is None:
+            continue
+        before = last.get(e.id)
+        if offset >= start and (before is None or before < offset - WINDOW):
+            out.append(e)
+        last[e.id] = offset
+    return out
+
+
+async def test_offline_totals_are_the_logs_up_to_the_committed_offsets_and_nothing_is_committed(
+    broker: Broker, new_topic: TopicFactory, producer: AIOKafkaProducer
+) -> None:
+    topic, group = await new_topic(partitions=3), f"g-{uuid.uuid4().hex[:8]}"
+    logs = await fill(producer, topic, 3)
+    ends = {0: len(logs[0]), 1: len(logs[1]), 2: len(logs[2]) // 2}
+    await commit(broker.bootstrap, group, topic, ends)
+    kafka = ("--bootstrap-servers", broker.bootstrap, "--topic", topic, "--group-id", group)
+
+    run = await reconcile(*kafka, "--dedup-window", str(WINDOW), "--format", "json")
+
+    assert run.code == 0, run.err
+    want = expected_samples([e for p, log in enumerate(logs) for e in counted(log, 0, ends[p])])
+    assert disagreements(run.rows(), want) == []
+    assert await committed(broker.bootstrap, group, topic, 3) == ends
+
+    # Partition 2 from its middle to its end: the window before the middle is read first.
+    middle = len(logs[2]) // 2
+    run = await reconcile(
+        *kafka,
+        "--dedup-window",
+        str(WINDOW),
+        "--format",
+        "json",
+        "--offsets",
+        f"{topic}:2={middle}-",
+    )
+    assert run.code == 0, run.err
+    assert disagreements(run.rows(), expected_samples(counted(logs[2], middle, len(logs[2])))) == []
+
+    table = await reconcile(*kafka, "--dedup-window", str(WINDOW))
+    assert table.code == 0, table.err
+    assert table.out.splitlines()[0].split()[:3] == ["workspace_id", "project_id", "sessions"]
+    assert "records read" in table.out
+    assert "sessions; cost: log" in table.out
+
+
+async def test_a_topic_that_does_not_exist_is_one_line_and_exit_2(broker: Broker) -> None:
+    run = await reconcile_process(
+        "--bootstrap-servers", broker.bootstrap, "--topic", "no-such-topic-here"
+    )
+    assert run.code == 2
+    assert run.err.strip().splitlines() == [
+        "session-metrics: cannot reconcile: topic 'no-such-topic-here' does not exist "
+        "(check --topic)"
+    ]
+
+
+async def test_an_unreachable_prometheus_is_one_line_and_exit_2(
+    broker: Broker, new_topic: TopicFactory
+) -> None:
+    topic = await new_topic(partitions=1)
+    url = f"http://127.0.0.1:{free_port()}"
+    run = await reconcile(
+        "--bootstrap-servers", broker.bootstrap, "--topic", topic, "--prometheus-url", url
+    )
+    assert run.code == 2
+    (line,) = run.err.strip().splitlines()
+    assert line.startswith(f"session-metrics: Prometheus error: cannot reach Prometheus at {url}")
+
+
+@pytest.mark.prometheus
+async def test_a_range_older_than_prometheus_keeps_is_one_line_and_exit_2(
+    broker: Broker, new_topic: TopicFactory, producer: AIOKafkaProducer, tmp_path: Path
+) -> None:
+    topic, group = await new_topic(partitions=1), f"g-{uuid.uuid4().hex[:8]}"
+    month_ago = int((time.time() - 30 * 86400) * 1000)  # Prometheus keeps 15 days by default
+    for e in SessionFactory(3).events(20):
+        await producer.send(topic, encode(e), partition=0, timestamp_ms=month_ago)
+    await producer.send_and_wait(topic, encode(next(SessionFactory(4).events(1))), partition=0)
+    await commit(broker.bootstrap, group, topic, {0: 21})
+    targets = FileTargets(tmp_path / "targets.json")
+    with prometheus_server(file_sd_config(targets.path, 1.0), tmp_path) as url:
+        run = await reconcile(
+            *("--bootstrap-servers", broker.bootstrap, "--topic", topic, "--group-id", group),
+            *("--prometheus-url", url),
+        )
+    assert run.code == 2
+    (line,) = run.err.strip().splitlines()
+    assert "older than Prometheus keeps (15 days)" in line, line
+
+
+@pytest.mark.prometheus
+@pytest.mark.timeout(90)
+async def test_sessions_a_worker_committed_but_prometheus_never_scraped_are_found(
+    broker: Broker, new_topic: TopicFactory, producer: AIOKafkaProducer, tmp_path: Path
+) -> None:
+    """`--commit-after batch` commits what no scrape has shown: a worker killed then loses
+    it in Prometheus. The scrape is kept from happening on purpose (its target is taken
+    away), so the loss is exactly the second half of the events."""
+    topic, group = await new_topic(partitions=2), f"g-{uuid.uuid4().hex[:8]}"
+    first, lost = list(SessionFactory(41).events(300)), list(SessionFactory(42).events(200))
+    targets = FileTargets(tmp_path / "targets.json")
+    with prometheus_server(file_sd_config(targets.path, 0.5), tmp_path) as url:
+        group_args = (
+            "--bootstrap-servers",
+            broker.bootstrap,
+            "--topic",
+            topic,
+            "--group-id",
+            group,
+        )
+        workers = Workers(tmp_path, *group_args, *FAST_GROUP, *BATCH_COMMITS)
+        try:
+            worker = await workers.start()
+            targets.add(f"127.0.0.1:{worker.port}")
+            await send(producer, topic, first)
+            await until(lambda: sessions(url, len(first)), 30, "Prometheus sees the first events")
+            targets.targets.clear()
+            targets.add(f"127.0.0.1:{free_port()}")  # nothing there: Prometheus drops the worker
+            await until(lambda: scraping_only_nothing(url), 15, "Prometheus drops the worker")
+            await send(producer, topic, lost)
+            await until(
+                lambda: all_committed(broker, group, topic, len(first) + len(lost)),
+                30,
+                "the worker commits all",
+            )
+            worker.kill()
+            await worker.wait()
+        finally:
+            await workers.close()
+        run = await reconcile(*group_args, "--prometheus-url", url, "--format", "json")
+        table = await reconcile(*group_args, "--prometheus-url", url)
+
+    assert run.code == 1, run.err
+    rows = run.rows()
+    missing = {k: log - (held or 0.0) for k, (log, held) in rows.items()}
+    assert (
+        disagreements({k: (v, None) for k, v in missing.items()}, expected_samples(lost)) == []
+    ), "the differences are not exactly the sessions never scraped"
+    assert disagreements(rows, expected_samples(first + lost)) == []
+    assert table.code == 1
+    lines = table.out.splitlines()
+    assert lines[0].split() == ["series", "log", "prometheus", "difference"]
+    lost_series = {(e.workspace_id, e.project_id or "") for e in lost}
+    named = [f'llm_sessions_total{{workspace_id="{w}", project_id="{p}"}}' for w, p in lost_series]
+    assert all(any(line.startswith(n) for line in lines) for n in named)
+    assert f"{len(first) + len(lost)} counted" in table.out
+
+
+async def send(
+    producer: AIOKafkaProducer, topic: str, events: list[CreateSessionResponseBody]
+) -> None:
+    for e in events:
+        await producer.send(topic, encode(e), key=e.id.encode())
+    await producer.flush()
+
+
+async def sessions(url: str, at_least: int) -> bool:
+    rows = await query(url, "sum(last_over_time(llm_sessions_total[1h]))")
+    return bool(rows) and float(rows[0]["value"][1]) >= at_least
+
+
+async def scraping_only_nothing(url: str) -> bool:
+    """The worker's target is gone from Prometheus: only the empty address is left."""
+    rows = await query(url, "up")
+    recent = await query(url, "count(up == 1)")
+    return bool(rows) and not recent
+
+
+async def all_committed(broker: Broker, group: str, topic: str, records: int) -> bool:
+    # Counted rather than asked: Tansu's ListOffsets "latest" is not the true end.
+    return sum((await committed(broker.bootstrap, group, topic, 2)).values()) == records
