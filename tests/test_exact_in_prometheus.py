@@ -26,6 +26,7 @@ from tests.corpus import SampleKey, corpus, expected_samples
 from tests.faults import FAST_GROUP, Stream, Worker, Workers, report, rounds, until
 from tests.kafkabroker import KafkaBroker
 from tests.promserver import FileTargets, file_sd_config, prometheus_server, query
+from tests.reconcile_run import Reconciled, disagreements, reconcile
 
 pytestmark = [pytest.mark.broker, pytest.mark.prometheus, pytest.mark.timeout(400)]
 
@@ -183,6 +184,20 @@ def mismatches(got: dict[SampleKey, float], want: dict[SampleKey, float]) -> lis
     ]
 
 
+async def reconciled(broker: Broker, world: Lab) -> Reconciled:
+    """`session-metrics reconcile` on the lab's topic, group and Prometheus, while the last
+    worker still runs (its offsets committed after the final scrape)."""
+    started = asyncio.get_running_loop().time()
+    run = await reconcile(
+        *("--bootstrap-servers", broker.bootstrap, "--topic", world.topic),
+        *("--group-id", f"exact-{world.topic}", "--prometheus-url", world.servers[0]),
+        "--format",
+        "json",
+    )
+    report("reconcile", seconds=round(asyncio.get_running_loop().time() - started, 2))
+    return run
+
+
 async def counting(worker: Worker) -> bool:
     scrape = await worker.scrape("session_consumer_messages_total")
     return scrape is not None and scrape.counted > 0
@@ -245,11 +260,14 @@ async def test_rolling_restarts_leave_prometheus_totals_exact(
         stream = await rolling_restarts(world, producer, restarts, seed=101)
         await settled(world.servers[0], events)
         got = await seen(world.servers[0])
+        checked = await reconciled(any_broker, world)
 
     want = expected_samples(stream.events)
     figures = compare(got, want)
     report("rolling restarts", broker=type(any_broker).__name__, restarts=restarts, **figures)
     assert mismatches(got, want) == []
+    assert checked.code == 0, checked.out[-2000:] + checked.err
+    assert disagreements(checked.rows(), want, got) == []
 
 
 async def test_kill_9_loses_nothing_in_prometheus(any_broker: Broker, tmp_path: Path) -> None:
@@ -270,10 +288,15 @@ async def test_kill_9_loses_nothing_in_prometheus(any_broker: Broker, tmp_path: 
         await run_faults(stream, task, kills, crash)
         await settled(world.servers[0], events)
         got = await seen(world.servers[0])
+        checked = await reconciled(any_broker, world)
 
     want = expected_samples(stream.events)
     figures = compare(got, want)
     report("kill -9", broker=type(any_broker).__name__, kills=kills, events=events, **figures)
+    # reconcile's log side is the corpus, its Prometheus side the test's own query, and it
+    # says "differs" exactly when they do (a kill may recount one scrape's worth).
+    assert disagreements(checked.rows(), want, got) == []
+    assert checked.code == (0 if mismatches(got, want) == [] else 1), checked.err
     assert figures["lost_sessions"] == 0, mismatches(got, want)[:20]
     # The documented bound: a crash between a served scrape and its commit recounts at
     # most what that one scrape covered (here RATE x SCRAPE_INTERVAL sessions).
