@@ -342,16 +342,6 @@ PLACEHOLDER = re.compile(
     r"|github\.com/example\b",
     re.IGNORECASE,
 )
-# Illustrative hosts in parts of the docs this kit's tests do not own (issue 19 wants them
-# gone as well): each may stay until its line changes, and no new one may come.
-DOCS_PLACEHOLDERS_LEFT = {
-    ("README.md", "kafka-1.example.com"),
-    ("README.md", "kafka-2.example.com"),
-    ("README.md", "broker.example.com"),
-    ("docs/configuration.md", "broker.example.com"),
-    ("docs/operations.md", "registry.example.com"),
-    ("docs/operations.md", "redis.example.com"),
-}
 
 
 def placeholders(text: str) -> set[str]:
@@ -390,11 +380,10 @@ def test_no_placeholder_address_in_what_a_kustomization_renders(
     assert placeholders(yaml.safe_dump_all(rendered[target])) == set()
 
 
-def test_no_new_placeholder_address_in_the_docs() -> None:
+def test_no_placeholder_address_in_the_docs() -> None:
     docs = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
     found = {(str(p.relative_to(ROOT)), host) for p in docs for host in placeholders(p.read_text())}
-    assert not {h for _, h in found if "github.com" in h}  # the project has no address
-    assert found <= DOCS_PLACEHOLDERS_LEFT, sorted(found - DOCS_PLACEHOLDERS_LEFT)
+    assert not found, sorted(found)
 
 
 # --- the manifests agree with the service ----------------------------------------
