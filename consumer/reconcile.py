@@ -54,6 +54,8 @@ class Fold:
     max_bytes: int
     strict_keys: bool = False
     envelope: Envelope = DEFAULT_ENVELOPE
+    histogram_labels: int = 2
+    """How many of (workspace_id, project_id) the histograms keep (`--histogram-labels`)."""
     once_per_range: bool = False
     """With `--dedup-store`: every session id counts once over the whole range, on any
     partition (what the claim store does for repeats within its TTL)."""
@@ -108,24 +110,34 @@ class Fold:
         )
 
     def samples(self) -> dict[Sample, float]:
-        return samples_of(self.totals, self.buckets)
+        return samples_of(self.totals, self.buckets, self.histogram_labels)
 
 
-def samples_of(totals: Mapping[SeriesKey, Totals], buckets: Buckets) -> dict[Sample, float]:
-    """Every sample the exposition renders for `totals`, keyed as Prometheus labels it."""
+def samples_of(
+    totals: Mapping[SeriesKey, Totals], buckets: Buckets, histogram_labels: int = 2
+) -> dict[Sample, float]:
+    """Every sample the exposition renders for `totals`, keyed as Prometheus labels it.
+    `histogram_labels` (`--histogram-labels`: 2 both, 1 workspace_id, 0 none) says how many
+    of the labels the histograms keep; a label they drop reads "" in a query's result."""
     bounds = (buckets.duration_seconds, buckets.tokens, buckets.cost)
     les = [le_labels(b) for b in bounds]
     out: dict[Sample, float] = {}
     for (workspace, project), t in totals.items():
         for name, _, attribute in COUNTERS:
             out[(f"{name}_total", workspace, project, "")] = float(getattr(t, attribute))
+        w = workspace if histogram_labels > 0 else ""
+        p = project if histogram_labels > 1 else ""
         for (name, _, counts, total), labels in zip(HISTOGRAMS, les, strict=True):
             cumulative = list(accumulate(getattr(t, counts)))
             for le, n in zip(labels, cumulative, strict=True):
-                out[(f"{name}_bucket", workspace, project, le)] = float(n)
-            out[(f"{name}_count", workspace, project, "")] = float(cumulative[-1])
-            out[(f"{name}_sum", workspace, project, "")] = float(getattr(t, total))
+                _add(out, (f"{name}_bucket", w, p, le), float(n))
+            _add(out, (f"{name}_count", w, p, ""), float(cumulative[-1]))
+            _add(out, (f"{name}_sum", w, p, ""), float(getattr(t, total)))
     return out
+
+
+def _add(out: dict[Sample, float], key: Sample, value: float) -> None:
+    out[key] = out.get(key, 0.0) + value
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,8 +19,9 @@ from consumer import logrange
 from consumer.aggregate import Buckets
 from consumer.envelope import Envelope, Format
 from consumer.logrange import Plan, RangeError
+from consumer.metrics import HISTOGRAM_LABELS, HISTOGRAMS
 from consumer.promquery import Prometheus, PrometheusAuth, PrometheusError
-from consumer.reconcile import Fold, Row, compare, sample_names, summarize
+from consumer.reconcile import Fold, Row, Sample, compare, sample_names, summarize
 from consumer.reconcile_output import as_json, differences_table, summary_line, totals_table
 from consumer.security import client_kwargs, raise_if_refused
 from consumer.settings import ReconcileSettings
@@ -44,6 +45,7 @@ async def reconcile(s: ReconcileSettings, out: TextIO, err: TextIO) -> int:
         s.max_message_bytes,
         strict_keys=s.reject_duplicate_keys,
         envelope=Envelope(Format(s.value_format), s.cloudevents_type or frozenset()),
+        histogram_labels=len(HISTOGRAM_LABELS[s.histogram_labels]),
         once_per_range=s.dedup_store,
     )
     kafka = client_kwargs(s.kafka)
@@ -86,9 +88,30 @@ async def reconcile(s: ReconcileSettings, out: TextIO, err: TextIO) -> int:
                 "earlier lifetimes of those targets counted",
                 file=err,
             )
-    rows = compare(fold.samples(), held)
+    log_samples = fold.samples()
+    if held is not None:
+        _without_native_only(log_samples, held, err)
+    rows = compare(log_samples, held)
     _print(rows, fold.outcomes, out, as_json_=s.format == "json")
     return EQUAL if all(r.equal for r in rows) else DIFFERS
+
+
+def _without_native_only(log: dict[Sample, float], held: dict[Sample, float], err: TextIO) -> None:
+    """A Prometheus that keeps only the native form of a histogram (native histograms on,
+    without `scrape_classic_histograms`) has none of its classic series: those are left
+    out of the comparison, with a line that says so, rather than reported as all missing."""
+    for name, _, _, _ in HISTOGRAMS:
+        classic = (f"{name}_bucket", f"{name}_count", f"{name}_sum")
+        if any(k[0] in classic for k in held) or not any(k[0] in classic for k in log):
+            continue
+        for key in [k for k in log if k[0] in classic]:
+            del log[key]
+        print(
+            f"session-metrics: warning: Prometheus holds no classic {name} series (native "
+            "histograms only?): its buckets, count and sum are not compared; set "
+            "scrape_classic_histograms: true to compare them",
+            file=err,
+        )
 
 
 def _prometheus(s: ReconcileSettings) -> Prometheus | None:

@@ -871,6 +871,7 @@ RECONCILE_SHARED = (
     "dedup_window",
     "max_message_bytes",
     "reject_duplicate_keys",
+    "histogram_labels",
     "duration_buckets",
     "tokens_buckets",
     "cost_buckets",
@@ -1020,6 +1021,7 @@ class ReconcileSettings:
     dedup_window: int
     max_message_bytes: int
     reject_duplicate_keys: bool
+    histogram_labels: str
     duration_buckets: tuple[float, ...]
     tokens_buckets: tuple[float, ...]
     cost_buckets: tuple[float, ...]

@@ -268,3 +268,21 @@ def test_prometheus_retention_by_time_is_read_from_its_runtime_info(
 def test_prometheus_is_asked_back_to_the_ranges_first_record_and_a_margin() -> None:
     assert lookback(1_000_000, 1_000_000 / 1000 + 3600) == 3600 + 600
     assert lookback(None, 0) == 3600
+
+
+@pytest.mark.parametrize("kept", [1, 0])
+def test_histograms_over_fewer_labels_are_summed_as_the_exposition_sums_them(kept: int) -> None:
+    logs = build_logs()
+    both = fold_of(logs).samples()
+    fewer = Fold(BUCKETS, WINDOW, 1 << 20, histogram_labels=kept)
+    for at in range(0, max(len(log.records) for log in logs), 64):
+        fewer.add({("t", p): log.records[at : at + 64] for p, log in enumerate(logs)})
+    want: dict[Sample, float] = {}
+    for (name, ws, proj, le), value in both.items():
+        workspace, project = ws, proj
+        if not name.endswith("_total"):
+            workspace, project = (workspace if kept else ""), (project if kept > 1 else "")
+        key = (name, workspace, project, le)
+        want[key] = want.get(key, 0) + value
+    assert differing(fewer.samples(), want) == []
+    assert any(k[2] == "" for k in fewer.samples() if k[0].endswith("_bucket"))
