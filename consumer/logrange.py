@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaClient, AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
 log = logging.getLogger(__name__)
 
@@ -59,18 +59,23 @@ async def committed_offsets(
         await reader.stop()
 
 
-async def partitions_of(
-    consumer: AIOKafkaConsumer, topics: tuple[str, ...]
-) -> list[TopicPartition]:
-    found = await consumer.topics()
-    missing = [t for t in topics if t not in found]
+async def partitions_of(kafka: Mapping[str, Any], topics: tuple[str, ...]) -> list[TopicPartition]:
+    """Every partition of `topics`, from one full metadata request (a consumer's own
+    metadata covers only the topics it has been given, so it may not know them yet)."""
+    client = AIOKafkaClient(**kafka)
+    await client.bootstrap()
+    try:
+        cluster = await client.fetch_all_metadata()
+    finally:
+        await client.close()
+    missing = [t for t in topics if t not in cluster.topics()]
     if missing:
         raise RangeError(f"topic {missing[0]!r} does not exist (check --topic)")
-    out = []
-    for topic in topics:
-        for p in sorted(consumer.partitions_for_topic(topic) or ()):
-            out.append(TopicPartition(topic, p))
-    return out
+    return [
+        TopicPartition(topic, p)
+        for topic in topics
+        for p in sorted(cluster.partitions_for_topic(topic) or ())
+    ]
 
 
 async def plan(

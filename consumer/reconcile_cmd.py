@@ -128,7 +128,7 @@ def _prometheus(s: ReconcileSettings) -> Prometheus | None:
 
 
 async def _plan(s: ReconcileSettings, consumer: AIOKafkaConsumer, kafka: dict[str, object]) -> Plan:
-    partitions = await logrange.partitions_of(consumer, s.topic)
+    partitions = await logrange.partitions_of(kafka, s.topic)
     if s.offsets is not None:
         known = set(partitions)
         for topic, p in s.offsets:
