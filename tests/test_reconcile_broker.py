@@ -11,12 +11,13 @@ from pathlib import Path
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.structs import OffsetAndMetadata
+from prometheus_client import CollectorRegistry
 
 from consumer.broker import free_port
 from consumer.synthetic import SessionFactory, encode
 from schemas import CreateSessionResponseBody
-from tests.conftest import Broker, TopicFactory
-from tests.corpus import expected_samples
+from tests.conftest import Broker, TopicFactory, WorkerFactory, eventually, settings_for
+from tests.corpus import SampleKey, expected_samples
 from tests.faults import BATCH_COMMITS, FAST_GROUP, Workers, committed, until
 from tests.promserver import FileTargets, file_sd_config, prometheus_server, query
 from tests.reconcile_run import disagreements, reconcile, reconcile_process
@@ -111,12 +112,6 @@ async def test_offline_totals_are_the_logs_up_to_the_committed_offsets_and_nothi
     )
     assert run.code == 0, run.err
     assert disagreements(run.rows(), expected_samples(counted(logs[2], middle, len(logs[2])))) == []
-
-    table = await reconcile(*kafka, "--dedup-window", str(WINDOW))
-    assert table.code == 0, table.err
-    assert table.out.splitlines()[0].split()[:3] == ["workspace_id", "project_id", "sessions"]
-    assert "records read" in table.out
-    assert "sessions; cost: log" in table.out
 
 
 async def test_a_topic_that_does_not_exist_is_one_line_and_exit_2(broker: Broker) -> None:
@@ -245,3 +240,62 @@ async def scraping_only_nothing(url: str) -> bool:
 async def all_committed(broker: Broker, group: str, topic: str, records: int) -> bool:
     # Counted rather than asked: Tansu's ListOffsets "latest" is not the true end.
     return sum((await committed(broker.bootstrap, group, topic, 2)).values()) == records
+
+
+async def test_reconcile_gives_the_outcomes_and_totals_run_gives_on_the_same_log(
+    broker: Broker,
+    new_topic: TopicFactory,
+    producer: AIOKafkaProducer,
+    start_worker: WorkerFactory,
+) -> None:
+    topic = await new_topic(partitions=3)
+    logs = await fill(producer, topic, 3)
+    records = sum(map(len, logs))
+    worker = await start_worker(
+        settings_for(
+            broker.bootstrap,
+            topic,
+            dedup_window=WINDOW,
+            session_timeout_ms=3000,
+            heartbeat_interval_ms=1000,
+        )
+    )
+    m = worker.worker.metrics
+
+    def outcome(name: str) -> float:
+        value = m.registry.get_sample_value("session_consumer_messages_total", {"outcome": name})
+        return value or 0.0
+
+    outcomes = ("counted", "duplicate", "invalid", "tombstone", "skipped")
+    await eventually(lambda: sum(map(outcome, outcomes)) == records)
+    await worker.scrape()  # publishes what it counted
+    ranges = ",".join(f"{topic}:{p}=0-" for p in range(3))
+    run = await reconcile(
+        *("--bootstrap-servers", broker.bootstrap, "--topic", topic, "--offsets", ranges),
+        *("--dedup-window", str(WINDOW), "--format", "json"),
+    )
+    table = await reconcile(
+        *("--bootstrap-servers", broker.bootstrap, "--topic", topic, "--offsets", ranges),
+        *("--dedup-window", str(WINDOW)),
+    )
+
+    assert run.code == 0, run.err
+    assert disagreements(run.rows(), business_samples(m.registry)) == []
+    by_outcome = [int(outcome(o)) for o in outcomes]
+    assert (
+        f"{records} records read: {by_outcome[0]} counted, {by_outcome[1]} repeats, "
+        f"{by_outcome[2]} invalid, {by_outcome[3]} tombstones, {by_outcome[4]} skipped"
+    ) in table.out
+    assert min(by_outcome[:4]) > 0
+    assert table.out.splitlines()[0].split()[:3] == ["workspace_id", "project_id", "sessions"]
+
+
+def business_samples(registry: CollectorRegistry) -> dict[SampleKey, float]:
+    out = {}
+    for family in registry.collect():
+        for s in family.samples:
+            if "workspace_id" in s.labels:
+                le = s.labels.get("le", "")
+                le = le if le in ("", "+Inf") else repr(float(le))
+                out[(s.name, s.labels["workspace_id"], s.labels["project_id"], le)] = s.value
+    return out
