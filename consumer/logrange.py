@@ -52,8 +52,8 @@ async def committed_offsets(
     kafka: Mapping[str, Any], group_id: str, partitions: list[TopicPartition]
 ) -> dict[TopicPartition, int | None]:
     reader = AIOKafkaConsumer(group_id=group_id, enable_auto_commit=False, **kafka)
-    await reader.start()
     try:
+        await reader.start()
         return {tp: await reader.committed(tp) for tp in partitions}
     finally:
         await reader.stop()
@@ -63,8 +63,8 @@ async def partitions_of(kafka: Mapping[str, Any], topics: tuple[str, ...]) -> li
     """Every partition of `topics`, from one full metadata request (a consumer's own
     metadata covers only the topics it has been given, so it may not know them yet)."""
     client = AIOKafkaClient(**kafka)
-    await client.bootstrap()
     try:
+        await client.bootstrap()
         cluster = await client.fetch_all_metadata()
     finally:
         await client.close()

@@ -57,8 +57,8 @@ async def reconcile(s: ReconcileSettings, out: TextIO, err: TextIO) -> int:
         max_partition_fetch_bytes=max(1048576, s.max_message_bytes),
         **kafka,
     )
-    await consumer.start()
     try:
+        await consumer.start()
         plan = await _plan(s, consumer, kafka)
         _check_gone(plan, offline=prometheus is None, err=err)
         started = time.monotonic()

@@ -299,3 +299,13 @@ def business_samples(registry: CollectorRegistry) -> dict[SampleKey, float]:
                 le = le if le in ("", "+Inf") else repr(float(le))
                 out[(s.name, s.labels["workspace_id"], s.labels["project_id"], le)] = s.value
     return out
+
+
+async def test_an_unreachable_kafka_is_one_line_and_exit_2() -> None:
+    # Port 9 (discard) is never a broker; reconcile gives up at once where run retries.
+    run = await reconcile("--bootstrap-servers", "127.0.0.1:9", "--topic", "sessions")
+    assert run.code == 2
+    assert run.err.strip().splitlines() == [
+        "session-metrics: Kafka error: KafkaConnectionError: Unable to bootstrap from "
+        "[('127.0.0.1', 9, <AddressFamily.AF_INET: 2>)]"
+    ]
