@@ -6,6 +6,8 @@ zero and `last_over_time` over a window that reaches back to the range's first r
 gives what that lifetime counted (docs/guarantees.md measures exactness this way).
 """
 
+import itertools
+import json
 import math
 import re
 import ssl
@@ -94,30 +96,92 @@ class Prometheus:
     async def totals(
         self, names: tuple[str, ...], since_ms: int | None
     ) -> tuple[dict[Sample, float], int]:
-        """Every sample of `names`, summed over lifetimes, back to `since_ms`; and the
-        counter resets within one target (a container restarted in place), whose earlier
-        lifetimes `last_over_time` cannot see."""
-        window = lookback(since_ms, time.time())
+        """Every sample of `names`, summed over lifetimes, back to `since_ms`; and how many
+        targets restarted in place (their counters reset within one series)."""
+        window = f"[{lookback(since_ms, time.time())}s]"
         selector = f"{{{self._selector}}}" if self._selector else ""
         out: dict[Sample, float] = {}
         async with self._session() as http:
-            promql = f"sum(resets(llm_sessions_total{selector}[{window}s]))"
-            found = (await self._get(http, "/api/v1/query", query=promql))["result"]
-            resets = int(float(found[0]["value"][1])) if found else 0
             for name in names:
                 by = "workspace_id, project_id" + (", le" if name.endswith("_bucket") else "")
-                promql = f"sum by ({by}) (last_over_time({name}{selector}[{window}s]))"
-                data = await self._get(http, "/api/v1/query", query=promql)
-                for row in data["result"]:
-                    labels = row["metric"]
-                    key = (
-                        name,
-                        labels.get("workspace_id", ""),
-                        labels.get("project_id", ""),
-                        labels.get("le", ""),
-                    )
-                    out[key] = float(row["value"][1])
-        return out, resets
+                promql = f"sum by ({by}) (last_over_time({name}{selector}{window}))"
+                for row in await self._query(http, promql):
+                    out[_key(name, row["metric"])] = float(row["value"][1])
+            restarted = await self._restarted_targets(http, selector, window)
+            for target in restarted:
+                await self._add_earlier_lifetimes(http, out, names, target, window)
+        return out, len(restarted)
+
+    async def _query(self, http: aiohttp.ClientSession, promql: str) -> list[dict[str, Any]]:
+        rows: list[dict[str, Any]] = (await self._get(http, "/api/v1/query", query=promql))[
+            "result"
+        ]
+        return rows
+
+    async def _restarted_targets(
+        self, http: aiohttp.ClientSession, selector: str, window: str
+    ) -> list[dict[str, str]]:
+        """Targets that ran more than one worker process: a worker restarted in place (same
+        pod, same address) continues its old series from zero, so `last_over_time` sees
+        only its last lifetime. Told by `process_start_time_seconds`, which every worker
+        exports: a counter's values alone cannot tell a restart that has counted back up."""
+        promql = f"changes(process_start_time_seconds{selector}{window}) > 0"
+        targets = {
+            tuple(sorted((k, v) for k, v in row["metric"].items() if k != "__name__"))
+            for row in await self._query(http, promql)
+        }
+        return [dict(t) for t in sorted(targets)]
+
+    async def _add_earlier_lifetimes(
+        self,
+        http: aiohttp.ClientSession,
+        out: dict[Sample, float],
+        names: tuple[str, ...],
+        target: dict[str, str],
+        window: str,
+    ) -> None:
+        """Add the last value of each earlier lifetime of a restarted target, from the raw
+        samples, cut where its process start time changes."""
+        matchers = ", ".join(f"{k}={json.dumps(v)}" for k, v in target.items())
+        starts = await self._query(http, f"process_start_time_seconds{{{matchers}}}{window}")
+        cuts = [
+            float(b[0])
+            for row in starts
+            for a, b in itertools.pairwise(row["values"])
+            if a[1] != b[1]
+        ]
+        if not cuts:
+            return
+        for name in names:
+            for row in await self._query(http, f"{name}{{{matchers}}}{window}"):
+                earlier = _earlier_lifetimes(row["values"], cuts)
+                if earlier:
+                    key = _key(name, row["metric"])
+                    out[key] = out.get(key, 0.0) + earlier
+
+
+def _earlier_lifetimes(values: list[list[Any]], cuts: list[float]) -> float:
+    """What the lifetimes before a series' last one ended at: the last value of each run of
+    samples between two cuts (a new process began at each cut), but the final one, which
+    `last_over_time` already gave."""
+    lasts, at = [], 0
+    for cut in [*sorted(cuts), math.inf]:
+        last = None
+        while at < len(values) and float(values[at][0]) < cut:
+            last = float(values[at][1])
+            at += 1
+        if last is not None:
+            lasts.append(last)
+    return math.fsum(lasts[:-1])
+
+
+def _key(name: str, labels: dict[str, str]) -> Sample:
+    return (
+        name,
+        labels.get("workspace_id", ""),
+        labels.get("project_id", ""),
+        labels.get("le", ""),
+    )
 
 
 def lookback(since_ms: int | None, now: float) -> int:

@@ -80,13 +80,11 @@ async def reconcile(s: ReconcileSettings, out: TextIO, err: TextIO) -> int:
     held = None
     _check_retention(read.first_timestamp_ms, retention)
     if prometheus is not None:
-        held, resets = await prometheus.totals(sample_names(), read.first_timestamp_ms)
-        if resets:
-            print(
-                f"session-metrics: warning: llm_sessions_total was reset {resets} times within "
-                "one target (a worker restarted in place): Prometheus's side misses what the "
-                "earlier lifetimes of those targets counted",
-                file=err,
+        held, restarted = await prometheus.totals(sample_names(), read.first_timestamp_ms)
+        if restarted:
+            log.info(
+                "targets restarted in place: their earlier lifetimes read from raw samples",
+                extra={"targets": restarted},
             )
     log_samples = fold.samples()
     if held is not None:

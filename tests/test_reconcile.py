@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from consumer.aggregate import Buckets
-from consumer.promquery import lookback, retention_of
+from consumer.promquery import _earlier_lifetimes, lookback, retention_of
 from consumer.reconcile import Fold, Sample, compare, sample_names, summarize
 from consumer.reconcile_output import as_json, differences_table, summary_line, totals_table
 from consumer.settings import (
@@ -286,3 +286,12 @@ def test_histograms_over_fewer_labels_are_summed_as_the_exposition_sums_them(kep
         want[key] = want.get(key, 0) + value
     assert differing(fewer.samples(), want) == []
     assert any(k[2] == "" for k in fewer.samples() if k[0].endswith("_bucket"))
+
+
+def test_a_worker_restarted_in_place_adds_each_earlier_lifetimes_last_value() -> None:
+    # Samples [time, value] of one series; a new process started at time 10.
+    across = [[1, "1"], [2, "3"], [11, "3"], [12, "5"]]  # counted back up past the old value
+    assert _earlier_lifetimes(across, [10.0]) == 3
+    assert _earlier_lifetimes([[1, "1"], [2, "2"]], [10.0]) == 0  # only before: already last
+    assert _earlier_lifetimes([[11, "4"]], [10.0]) == 0  # only after
+    assert _earlier_lifetimes([[1, "2"], [11, "1"], [21, "7"]], [10.0, 20.0]) == 3

@@ -18,7 +18,7 @@ from consumer.synthetic import SessionFactory, encode
 from schemas import CreateSessionResponseBody
 from tests.conftest import Broker, TopicFactory, WorkerFactory, eventually, settings_for
 from tests.corpus import SampleKey, expected_samples
-from tests.faults import BATCH_COMMITS, FAST_GROUP, Workers, committed, until
+from tests.faults import BATCH_COMMITS, FAST_GROUP, Worker, Workers, committed, until
 from tests.promserver import FileTargets, file_sd_config, prometheus_server, query
 from tests.reconcile_run import disagreements, reconcile, reconcile_process
 
@@ -164,11 +164,14 @@ async def test_a_range_older_than_prometheus_keeps_is_one_line_and_exit_2(
 async def test_sessions_a_worker_committed_but_prometheus_never_scraped_are_found(
     broker: Broker, new_topic: TopicFactory, producer: AIOKafkaProducer, tmp_path: Path
 ) -> None:
-    """`--commit-after batch` commits what no scrape has shown: a worker killed then loses
-    it in Prometheus. The scrape is kept from happening on purpose (its target is taken
-    away), so the loss is exactly the second half of the events."""
+    """`--commit-after batch` commits what no scrape has shown: a worker that stops then
+    loses it in Prometheus. The scrape is kept from happening on purpose (its target is
+    taken away), so the loss is exactly the second batch of events. The worker then
+    restarts in place (same address: its series go on from zero, as a container restarted
+    in its pod does) and counts a third batch: reconcile adds up both lifetimes."""
     topic, group = await new_topic(partitions=2), f"g-{uuid.uuid4().hex[:8]}"
     first, lost = list(SessionFactory(41).events(300)), list(SessionFactory(42).events(200))
+    third = list(SessionFactory(43).events(100))
     targets = FileTargets(tmp_path / "targets.json")
     with prometheus_server(file_sd_config(targets.path, 0.5), tmp_path) as url:
         group_args = (
@@ -179,7 +182,8 @@ async def test_sessions_a_worker_committed_but_prometheus_never_scraped_are_foun
             "--group-id",
             group,
         )
-        workers = Workers(tmp_path, *group_args, *FAST_GROUP, *BATCH_COMMITS)
+        no_wait = ("--handover-timeout", "0")  # nothing scrapes it at its stop anyway
+        workers = Workers(tmp_path, *group_args, *FAST_GROUP, *BATCH_COMMITS, *no_wait)
         try:
             worker = await workers.start()
             targets.add(f"127.0.0.1:{worker.port}")
@@ -194,8 +198,14 @@ async def test_sessions_a_worker_committed_but_prometheus_never_scraped_are_foun
                 30,
                 "the worker commits all",
             )
-            worker.kill()
-            await worker.wait()
+            worker.terminate()  # a rolling restart's stop: what it committed unscraped is lost
+            assert (await worker.wait())[0] == 0, worker.tail()
+            again = Worker(tmp_path, "again", workers.args)
+            again.port, again.args[-1] = worker.port, str(worker.port)
+            workers.started.append(await again.start())
+            targets.add(f"127.0.0.1:{worker.port}")
+            await send(producer, topic, third)
+            await until(lambda: now_shows(url, len(third)), 30, "Prometheus sees the third events")
         finally:
             await workers.close()
         run = await reconcile(*group_args, "--prometheus-url", url, "--format", "json")
@@ -207,14 +217,14 @@ async def test_sessions_a_worker_committed_but_prometheus_never_scraped_are_foun
     assert (
         disagreements({k: (v, None) for k, v in missing.items()}, expected_samples(lost)) == []
     ), "the differences are not exactly the sessions never scraped"
-    assert disagreements(rows, expected_samples(first + lost)) == []
+    assert disagreements(rows, expected_samples(first + lost + third)) == []
     assert table.code == 1
     lines = table.out.splitlines()
     assert lines[0].split() == ["series", "log", "prometheus", "difference"]
     lost_series = {(e.workspace_id, e.project_id or "") for e in lost}
     named = [f'llm_sessions_total{{workspace_id="{w}", project_id="{p}"}}' for w, p in lost_series]
     assert all(any(line.startswith(n) for line in lines) for n in named)
-    assert f"{len(first) + len(lost)} counted" in table.out
+    assert f"{len(first) + len(lost) + len(third)} counted" in table.out
 
 
 async def send(
@@ -228,6 +238,11 @@ async def send(
 async def sessions(url: str, at_least: int) -> bool:
     rows = await query(url, "sum(last_over_time(llm_sessions_total[1h]))")
     return bool(rows) and float(rows[0]["value"][1]) >= at_least
+
+
+async def now_shows(url: str, sessions: int) -> bool:
+    rows = await query(url, "sum(llm_sessions_total)")
+    return bool(rows) and float(rows[0]["value"][1]) == sessions
 
 
 async def scraping_only_nothing(url: str) -> bool:
