@@ -132,9 +132,21 @@ def _spans(
 async def _at(
     consumer: AIOKafkaConsumer, partitions: list[TopicPartition], ms: int
 ) -> dict[TopicPartition, int | None]:
-    """The first offset at or after `ms` (Kafka's offsets for times); None where none is."""
+    """The first offset at or after `ms` (Kafka's offsets for times); None where none is.
+    A broker whose answer names a record older than asked (Tansu answers offset 0 with
+    timestamp -1) cannot be trusted with times: RangeError, rather than a wrong range."""
     found = await consumer.offsets_for_times({tp: ms for tp in partitions})
-    return {tp: hit.offset if (hit := found.get(tp)) is not None else None for tp in partitions}
+    out: dict[TopicPartition, int | None] = {}
+    for tp in partitions:
+        hit = found.get(tp)
+        if hit is not None and hit.timestamp < ms:
+            raise RangeError(
+                f"{tp.topic}/{tp.partition}: the broker answered the offset for time {ms} with "
+                f"offset {hit.offset} of time {hit.timestamp}: it cannot find records by time; "
+                "give --offsets instead"
+            )
+        out[tp] = None if hit is None else hit.offset
+    return out
 
 
 Feed = Callable[[dict[TopicPartition, list[ConsumerRecord]]], None]

@@ -13,12 +13,13 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.structs import OffsetAndMetadata
 from prometheus_client import CollectorRegistry
 
-from consumer.broker import free_port
+from consumer.broker import create_topics, free_port
 from consumer.synthetic import SessionFactory, encode
 from schemas import CreateSessionResponseBody
 from tests.conftest import Broker, TopicFactory, WorkerFactory, eventually, settings_for
 from tests.corpus import SampleKey, expected_samples
 from tests.faults import BATCH_COMMITS, FAST_GROUP, Worker, Workers, committed, until
+from tests.kafkabroker import KafkaBroker
 from tests.promserver import FileTargets, file_sd_config, prometheus_server, query
 from tests.reconcile_run import disagreements, reconcile, reconcile_process
 
@@ -324,3 +325,35 @@ async def test_an_unreachable_kafka_is_one_line_and_exit_2() -> None:
         "session-metrics: Kafka error: KafkaConnectionError: Unable to bootstrap from "
         "[('127.0.0.1', 9, <AddressFamily.AF_INET: 2>)]"
     ]
+
+
+async def test_from_and_to_total_the_records_of_their_times_or_say_the_broker_cannot(
+    any_broker: Broker,
+) -> None:
+    """Kafka finds records by time; Tansu answers offset 0 whatever the time, which
+    reconcile refuses in one line rather than total a wrong range."""
+    topic = f"t-{uuid.uuid4().hex[:12]}"
+    await create_topics(any_broker.bootstrap, {topic: 2})
+    now = int(time.time() * 1000)
+    events = list(SessionFactory(5).events(30))
+    p = AIOKafkaProducer(bootstrap_servers=any_broker.bootstrap)
+    await p.start()
+    try:
+        for i, e in enumerate(events):  # a minute apart, the last one a minute ago
+            stamp = now - (30 - i) * 60_000
+            await p.send_and_wait(topic, encode(e), partition=i % 2, timestamp_ms=stamp)
+    finally:
+        await p.stop()
+    cut, later = str((now - 15 * 60_000) / 1000), str(now / 1000 + 60)
+    kafka = ("--bootstrap-servers", any_broker.bootstrap, "--topic", topic, "--format", "json")
+
+    since = await reconcile(*kafka, "--from", cut, "--to", later)
+    before = await reconcile(*kafka, "--to", cut)
+
+    if isinstance(any_broker, KafkaBroker):
+        assert (since.code, before.code) == (0, 0), since.err + before.err
+        assert disagreements(since.rows(), expected_samples(events[15:])) == []
+        assert disagreements(before.rows(), expected_samples(events[:15])) == []
+    else:
+        assert since.code == 2
+        assert "it cannot find records by time; give --offsets instead" in since.err
