@@ -23,6 +23,8 @@ from consumer.metrics import COUNTERS, HISTOGRAMS, LABELS, BusinessMetrics, le_l
 from consumer.protobuf import registry_families, wants_protobuf
 
 OPENMETRICS = "application/openmetrics-text"
+SLICE = 2000
+"""Series per chunk of a family's text."""
 EOF = b"# EOF\n"
 
 
@@ -59,8 +61,9 @@ class BusinessText:
         return self._proto.families(names)
 
     def families(self, openmetrics: bool, names: frozenset[str] = frozenset()) -> Iterator[bytes]:
-        """One chunk per family, from a snapshot taken now (between batches: the event
-        loop runs both), so a response written across awaits stays consistent.
+        """A family's header, then its series in slices, from a snapshot taken now
+        (between batches: the event loop runs both), so a response written across awaits
+        stays consistent.
         """
         self._refresh()
         series = list(self._lines.values())
@@ -84,11 +87,12 @@ class BusinessText:
             if names and not names & samples:
                 continue
             family = name if openmetrics or kind == "histogram" else name + "_total"
-            header = f"# HELP {family} {help_text}\n# TYPE {family} {kind}\n".encode()
-            if kind == "counter":
-                yield b"".join([header, *(lines[index] for lines in series)])
-            else:
-                yield b"".join([header, *(lines[index - offset] for lines in histograms)])
+            yield f"# HELP {family} {help_text}\n# TYPE {family} {kind}\n".encode()
+            source, at = (series, index) if kind == "counter" else (histograms, index - offset)
+            # A slice of series at a time: a histogram family at the default --max-series
+            # is ~15 MB of text, and joining it whole would hold it twice at the peak.
+            for start in range(0, len(source), SLICE):
+                yield b"".join([lines[at] for lines in source[start : start + SLICE]])
 
     def _refresh(self) -> None:
         business, lines = self.business, self._lines

@@ -11,7 +11,7 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families 
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
 from consumer.aggregate import Buckets, aggregate
-from consumer.exposition import BusinessText, render
+from consumer.exposition import SLICE, BusinessText, render
 from consumer.metrics import ConsumerMetrics
 from consumer.synthetic import SessionFactory
 
@@ -107,7 +107,23 @@ def test_gzip_of_the_chunks_decompresses_to_the_same_body() -> None:
     plain = list(chunks)
 
     assert gzip.decompress(gzip.compress(b"".join(plain))) == b"".join(plain)
-    assert len(plain) == 1 + 11  # operational, then one chunk per business family
+    # operational, then each business family's header and its series (one slice here)
+    assert len(plain) == 1 + 11 * 2
+
+
+def test_a_large_family_is_written_in_slices_that_join_to_the_whole() -> None:
+    workspaces = [f"w{i}" for i in range(2 * SLICE + 1)]
+    metrics = ConsumerMetrics(BUCKETS, len(workspaces))
+    events = [
+        msgspec.structs.replace(e, workspace_id=w)
+        for w, e in zip(workspaces, SessionFactory(seed=8).events(len(workspaces)), strict=True)
+    ]
+    metrics.business.apply(aggregate(events, BUCKETS, metrics.business.admit))
+    chunks = list(BusinessText(metrics.business).families(openmetrics=False))
+    assert len(chunks) == 11 * (1 + 3)  # each family: header, then three slices
+    sessions = b"".join(chunks[:4]).decode()
+    assert sessions.startswith("# HELP llm_sessions_total ")
+    assert sessions.count("\nllm_sessions_total{") == len(workspaces)
 
 
 def test_registry_fixture_still_reads_both_kinds_of_metric() -> None:
