@@ -14,6 +14,7 @@ from consumer.synthetic import encode
 from schemas import CreateSessionResponseBody
 from tests.conftest import Broker, Running, TopicFactory, WorkerFactory, eventually, settings_for
 from tests.corpus import corpus
+from tests.faults import FULL
 from tests.redisserver import RedisServer
 
 pytestmark = pytest.mark.broker
@@ -43,7 +44,11 @@ def sessions(scrape: str) -> float:
     )
 
 
-@pytest.mark.parametrize("window", [20_000, 0], ids=["window", "no-window"])
+# Without the window the new process counts them again: what the window is for, shown in
+# the full run (CI is at its budget; the window's own variant fails if the window goes).
+@pytest.mark.parametrize(
+    "window", [20_000, 0] if FULL else [20_000], ids=["window", "no-window"][: 2 if FULL else 1]
+)
 async def test_a_session_sent_again_after_a_restart_counts_once(
     broker: Broker,
     new_topic: TopicFactory,

@@ -28,7 +28,7 @@ from consumer.synthetic import encode
 from schemas import CreateSessionResponseBody
 from tests.conftest import Broker, TopicFactory
 from tests.corpus import corpus, expected_samples
-from tests.faults import CLI, Worker, committed, report, rounds, until
+from tests.faults import CLI, FULL, Worker, committed, report, rounds, until
 from tests.pki import Pki, make_pki
 from tests.promserver import query
 from tests.redisserver import RedisServer
@@ -436,7 +436,11 @@ async def test_redis_restarted_empty_counts_twice_exactly_the_copies_that_stradd
 # --- 5. password and TLS ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("secured", ["password", "tls"])
+# In CI both at once, as production guards Redis; each alone in the full run too
+# (test_redisclaims.py logs in with each against a real Redis either way).
+@pytest.mark.parametrize(
+    "secured", ["password", "tls", "tls+password"] if FULL else ["tls+password"]
+)
 async def test_a_password_or_tls_protected_redis_counts_exactly(
     broker: Broker,
     new_topic: TopicFactory,
@@ -447,14 +451,15 @@ async def test_a_password_or_tls_protected_redis_counts_exactly(
     topic = await new_topic(partitions=4)
     extra: tuple[str, ...] = ()
     env: dict[str, str] = {}
-    if secured == "password":
-        redis = redis_in(tmp_path, password=PASSWORD)
+    password, pki = None, None
+    if "password" in secured:
+        password = PASSWORD
         env = {"SESSION_METRICS_DEDUP_STORE_PASSWORD": PASSWORD}
-    else:
+    if "tls" in secured:
         (tmp_path / "pki").mkdir()
         pki = make_pki(tmp_path / "pki")
-        redis = redis_in(tmp_path, pki=pki)
         extra = ("--dedup-store-cafile", str(pki.ca))
+    redis = redis_in(tmp_path, password=password, pki=pki)
     with redis:
         async with lab(tmp_path, broker, topic) as world:
             args = [*world.group.args, "--dedup-store", redis.url, *extra]
