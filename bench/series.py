@@ -50,8 +50,20 @@ MODES: dict[str, tuple[list[str], list[str]]] = {
 }
 
 
-async def produce(bootstrap: str, topic: str) -> None:
-    """PER_PAIR sessions of each pair, keyed by session id (so spread over partitions)."""
+KEYS = ("session id", "workspace", "null")
+"""How the producer keys the events: what decides how many replicas see a pair."""
+
+
+def _key(key: str, event: Any) -> bytes | None:
+    if key == "session id":
+        return str(event.id).encode()
+    if key == "workspace":
+        return str(event.workspace_id).encode()
+    return None
+
+
+async def produce(bootstrap: str, topic: str, key: str = "session id") -> None:
+    """PER_PAIR sessions of each pair, keyed by `key` (KEYS)."""
     factory = SessionFactory(7)
     producer = AIOKafkaProducer(
         bootstrap_servers=bootstrap, linger_ms=20, max_batch_size=1 << 20, acks=1
@@ -67,7 +79,7 @@ async def produce(bootstrap: str, topic: str) -> None:
                     workspace_id=f"ws-{i // 5:05d}",
                     project_id=f"proj-{i % 5}",
                 )
-                futures.append(await producer.send(topic, encode(event), key=event.id.encode()))
+                futures.append(await producer.send(topic, encode(event), key=_key(key, event)))
         for f in futures:
             await f
     finally:
@@ -105,7 +117,9 @@ async def _curl(url: str, accept: str) -> tuple[float, int]:
     return float(seconds), int(size)
 
 
-async def one(bootstrap: str, topic: str, logs: Path, mode: str, workers: int) -> dict[str, Any]:
+async def one(
+    bootstrap: str, topic: str, logs: Path, mode: str, workers: int, *, key: str = "session id"
+) -> dict[str, Any]:
     flags, prometheus_flags = MODES[mode]
     group = f"series-{mode.replace(' ', '-')}-{workers}-{uuid.uuid4().hex[:6]}"
     processes = [
@@ -135,9 +149,12 @@ async def one(bootstrap: str, topic: str, logs: Path, mode: str, workers: int) -
         workdir.mkdir()
         with prometheus_server(config, workdir, prometheus_flags) as base:
             await asyncio.sleep(INTERVAL * 4 + 1)
+            quiet = [(await _curl(processes[0].url, accept))[0] for _ in range(5)]
             row = {
                 "mode": mode,
                 "workers": workers,
+                "keys": key,
+                "quiet_scrape_seconds": sorted(quiet)[2],
                 "head_series": _own(base, "prometheus_tsdb_head_series"),
                 "samples_per_scrape": sum(_values(base, 'scrape_samples_scraped{job="workers"}')),
                 "scrape_seconds_max": max(_values(base, 'scrape_duration_seconds{job="workers"}')),
@@ -154,7 +171,8 @@ async def one(bootstrap: str, topic: str, logs: Path, mode: str, workers: int) -
         f"{row['samples_per_scrape']:>9,.0f} samples/scrape, "
         f"Prometheus {row['prometheus_rss_mb']:>6,.0f} MB, "
         f"scrape {row['scrape_seconds_max']:.2f} s, "
-        f"body {row['body_mb']:.1f} MB, first scrape {row['first_scrape_seconds_max']:.2f} s",
+        f"body {row['body_mb']:.1f} MB, first scrape {row['first_scrape_seconds_max']:.2f} s, "
+        f"quiet scrape {row['quiet_scrape_seconds']:.2f} s, keys by {key}",
         flush=True,
     )
     return row
@@ -165,14 +183,23 @@ async def main(modes: list[str], workers: list[int]) -> list[dict[str, Any]]:
     print(f"logs: {logs}", flush=True)
     rows = []
     with brokers.running("tansu", logs) as bootstrap:
-        topic = "bench-series-cost"
-        await create_topics(bootstrap, {topic: PARTITIONS})
+        topics = {key: f"bench-series-{key.replace(' ', '-')}" for key in KEYS}
+        await create_topics(bootstrap, dict.fromkeys(topics.values(), PARTITIONS))
         started = time.monotonic()
-        await produce(bootstrap, topic)
-        print(f"produced {PAIRS * PER_PAIR:,} events in {time.monotonic() - started:.1f}s")
+        for key, topic in topics.items():
+            await produce(bootstrap, topic, key)
+        print(
+            f"produced {PAIRS * PER_PAIR:,} events per key choice in "
+            f"{time.monotonic() - started:.1f}s"
+        )
         for n in workers:
             for mode in modes:
-                rows.append(await one(bootstrap, topic, logs, mode, n))
+                rows.append(await one(bootstrap, topics["session id"], logs, mode, n))
+        if max(workers) > 1:  # what the key choice does, classic histograms
+            for key in KEYS[1:]:
+                rows.append(
+                    await one(bootstrap, topics[key], logs, "classic", max(workers), key=key)
+                )
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "series.json").write_text(json.dumps(rows, indent=2) + "\n")
     return rows
