@@ -15,6 +15,18 @@ import aiohttp
 from consumer.broker import free_port
 
 
+def one_target(port: int, job: str = "session-metrics", extra: str = "") -> str:
+    """A config scraping one worker on 127.0.0.1:`port` every second; `extra`: more lines
+    of the job (indented four spaces), e.g. its basic_auth."""
+    return (
+        "global: {scrape_interval: 1s, scrape_timeout: 1s}\n"
+        "scrape_configs:\n"
+        f"  - job_name: {job}\n"
+        f"{extra}"
+        f"    static_configs: [{{targets: ['127.0.0.1:{port}']}}]\n"
+    )
+
+
 @contextmanager
 def prometheus_server(config_text: str, workdir: Path, flags: Sequence[str] = ()) -> Iterator[str]:
     """Run Prometheus with `config_text` (and `flags`) in `workdir`; yields its base URL,

@@ -11,7 +11,7 @@ from consumer.broker import free_port
 from consumer.produce import produce
 from tests.conftest import Broker, TopicFactory, WorkerFactory, settings_for
 from tests.corpus import corpus, expected_totals
-from tests.promserver import prometheus_server
+from tests.promserver import one_target, prometheus_server
 from tests.test_prometheus import query
 
 pytestmark = [pytest.mark.broker, pytest.mark.prometheus]
@@ -21,13 +21,7 @@ WORKER_PORT = free_port()
 
 @pytest.fixture(scope="module")
 def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    config = (
-        "global: {scrape_interval: 1s, scrape_timeout: 1s}\n"
-        "scrape_configs:\n"
-        "  - job_name: session-metrics\n"
-        f"    static_configs: [{{targets: ['127.0.0.1:{WORKER_PORT}']}}]\n"
-    )
-    with prometheus_server(config, tmp_path_factory.mktemp("prometheus")) as url:
+    with prometheus_server(one_target(WORKER_PORT), tmp_path_factory.mktemp("prometheus")) as url:
         yield url
 
 

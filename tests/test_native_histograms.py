@@ -20,7 +20,7 @@ from consumer.produce import produce
 from consumer.settings import Settings
 from tests.conftest import Broker, TopicFactory, WorkerFactory, settings_for
 from tests.corpus import corpus
-from tests.promserver import prometheus_server
+from tests.promserver import one_target, prometheus_server
 from tests.test_prometheus import query
 
 pytestmark = [pytest.mark.broker, pytest.mark.prometheus]
@@ -45,13 +45,8 @@ class Scraping(NamedTuple):
 
 @pytest.fixture(scope="module")
 def scraping(tmp_path_factory: pytest.TempPathFactory, password_file: Path) -> Iterator[Scraping]:
-    config = (
-        "global: {scrape_interval: 1s, scrape_timeout: 1s}\n"
-        "scrape_configs:\n"
-        "  - job_name: session-metrics\n"
-        f"    basic_auth: {{username: {USER}, password_file: '{password_file}'}}\n"
-        f"    static_configs: [{{targets: ['127.0.0.1:{WORKER_PORT}']}}]\n"
-    )
+    auth = f"    basic_auth: {{username: {USER}, password_file: '{password_file}'}}\n"
+    config = one_target(WORKER_PORT, extra=auth)
     with prometheus_server(
         config, tmp_path_factory.mktemp("prometheus"), ["--enable-feature=native-histograms"]
     ) as url:
