@@ -3,6 +3,7 @@
 Tansu keeps everything in memory: a restarted broker is empty.
 """
 
+import contextlib
 import socket
 import subprocess
 import time
@@ -17,6 +18,16 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` distinct free ports. Each socket stays bound until all are chosen: two
+    free_port() calls in a row can return the same port (it happened to Kafka's listeners)."""
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [int(s.getsockname()[1]) for s in sockets]
 
 
 def broker_binary() -> Path:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-from consumer.broker import free_port
+from consumer.broker import free_ports
 from tests.pki import Pki
 
 POM = Path(__file__).parent / "kafka" / "pom.xml"
@@ -138,7 +138,7 @@ class KafkaBroker:
     def __init__(self, workdir: Path, pki: Pki) -> None:
         self.workdir = workdir
         self.pki = pki
-        self.ports = Ports(*(free_port() for _ in range(6)))
+        self.ports = Ports(*free_ports(6))
         self.data = workdir / "data"
         self.log_path = workdir / "kafka.log"
         self.config = workdir / "server.properties"

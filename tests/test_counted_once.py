@@ -573,8 +573,12 @@ class Reading:
 @pytest.mark.timeout(rounds(ci=240, full=900))
 @pytest.mark.parametrize(
     "store",
+    # CI (at its 20-minute budget) reads with the claim store, whose workers decide same-key
+    # repeats by the same log windows first and are held to every series; the full run also
+    # reads without it. test_a_replay_after_rolling_restarts_counts_once keeps the default
+    # mode's same-key promise in CI.
     [
-        pytest.param(False, id="log-window"),
+        *([pytest.param(False, id="log-window")] if FULL else []),
         pytest.param(True, id="claim-store", marks=[pytest.mark.redis]),
     ],
 )

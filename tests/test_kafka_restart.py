@@ -15,7 +15,7 @@ from consumer.broker import create_topics
 from consumer.produce import produce
 from tests.conftest import Running, WorkerFactory, eventually, settings_for
 from tests.corpus import corpus, expected_totals
-from tests.faults import Stream, Worker, committed, report, until
+from tests.faults import FULL, Stream, Worker, committed, report, until
 from tests.kafkabroker import KafkaBroker
 from tests.pki import Pki
 from tests.test_outage import Probes
@@ -43,7 +43,9 @@ async def send(bootstrap: str, topic: str, count: int, skip: int, rate: float | 
         await producer.stop()
 
 
-@pytest.mark.parametrize("how", ["stop", "kill"])
+# A SIGKILL is the harder restart (Kafka recovers its logs); the clean stop joins it in the
+# full run (CI is at its 20-minute budget).
+@pytest.mark.parametrize("how", ["stop", "kill"] if FULL else ["kill"])
 async def test_worker_lives_through_a_kafka_restart_and_counts_exactly(
     own_kafka: KafkaBroker, tmp_path: Path, how: str
 ) -> None:

@@ -181,6 +181,12 @@ class GatedClaims(MemoryClaims):
             raise StoreUnavailable("test: the store is down")
 
 
+# The worker's own pipelining, whatever the broker: Tansu in CI, both in the full run.
+@pytest.mark.parametrize(
+    "any_broker",
+    ["tansu", pytest.param("kafka", marks=pytest.mark.kafka)] if FULL else ["tansu"],
+    indirect=True,
+)
 async def test_a_store_failure_sends_back_the_batch_out_and_the_one_started_after_it(
     broker: Broker,
     new_topic: TopicFactory,
