@@ -12,6 +12,7 @@ import subprocess
 import time
 from pathlib import Path
 from types import TracebackType
+from typing import Self
 
 from consumer.broker import free_port
 from tests.pki import Pki
@@ -113,7 +114,7 @@ class RedisServer:
     def _tail(self) -> str:
         return self._log.read_text(errors="replace")[-2000:]
 
-    def __enter__(self) -> "RedisServer":
+    def __enter__(self) -> Self:
         self.start()
         return self
 
