@@ -129,17 +129,15 @@ A round left {st["claims"]:,.0f} claims in Redis, {st["used_mb"]:.0f} MB, about
         )
     mem = r.dedup_memory
     if mem:
-        per = mem["log_windows_mb"] / mem["partitions"]
+        per = mem["total_mb"] / mem["partitions"]
         parts.append(
             f"""
 Memory of the dedup state at the defaults (`--dedup-window {mem["window"]:,.0f}` records
 per partition, this benchmark's {mem["partitions"]:.0f} partitions on one worker, no store),
-counted with tracemalloc (`python -m bench.dedupmem`): {mem["total_mb"]:.1f} MB, of which
-the log windows hold {mem["ids_in_log_windows"]:,.0f} ids in {mem["log_windows_mb"]:.1f} MB
-(~{per:.1f} MB per assigned partition) and the worker's own window
-{mem["ids_in_worker_window"]:,.0f} ids in {mem["worker_window_mb"]:.1f} MB more (it shares
-their strings). It grows with the partitions a worker holds; with `--dedup-store` the
-worker's own window is not kept.
+counted with tracemalloc (`python -m bench.dedupmem`): {mem["total_mb"]:.1f} MB for the
+{mem["ids_in_log_windows"]:,.0f} ids the log windows hold (~{per:.1f} MB per assigned
+partition, the ids' strings included). It grows with the partitions a worker holds, and
+is the same with `--dedup-store`.
 """
         )
     parts.append(AB)
@@ -148,9 +146,9 @@ worker's own window is not kept.
             f"""
 
 In-process (`python -m bench.dedupmem`, the batches above) the log windows take
-{mem["log_windows_us"]:.2f} µs per event (a dict probe and insert per id, an array and a
-list copy per batch, a Python loop over every evicted id) and the worker's window
-{mem["worker_window_us"]:.2f} µs, where the window before took
+{mem["log_windows_us"]:.2f} µs per event (per id: one probe and one insert in the
+worker's dict of ids, one deletion when its batch leaves; repeats are found there
+whichever partition holds the first copy), where the window before took
 {mem["before_us"]:.2f} µs per event and held {mem["before_mb"]:.1f} MB for its
 {mem["before_window"]:,.0f} ids. These are wall times on a shared machine: they move
 from run to run, and the ratio between them less."""

@@ -41,8 +41,6 @@ class PartitionState:
     """The consumer's position as last looked up: for lag only, never committed. It can be
     past `processed`: no record is processed at a transaction marker or an aborted record."""
     pending: dict[SeriesKey, Totals] = field(default_factory=dict)
-    remembered: list[list[str]] = field(default_factory=list)
-    """Dedup lists of the pending counts' ids, forgotten if they are withdrawn."""
 
     @property
     def pending_records(self) -> int:
@@ -63,18 +61,16 @@ class Fold:
 
 
 class Ledger:
-    """The offset book of one worker. `forget_ids` is the dedup window's `forget`;
-    `on_settled` is called whenever the last scrape in flight has ended."""
+    """The offset book of one worker. `on_settled` is called whenever the last scrape in
+    flight has ended."""
 
     def __init__(
         self,
         publish: Publish,
-        forget_ids: Callable[[list[str]], None],
         clock: Callable[[], float] = time.monotonic,
         on_settled: Callable[[], None] = lambda: None,
     ) -> None:
         self._publish = publish
-        self._forget_ids = forget_ids
         self._clock = clock
         self._on_settled = on_settled
         self._states: dict[Partition, PartitionState] = {}
@@ -111,8 +107,6 @@ class Ledger:
             s.start = first_offset
         s.processed = counted.next_offset
         s.last_timestamp = counted.last_timestamp
-        if counted.remembered:
-            s.remembered.append(counted.remembered)
         if not s.pending:
             s.pending = counted.totals
             return
@@ -139,9 +133,6 @@ class Ledger:
                 self._publish(s.pending)
                 s.pending = {}
                 published = True
-            # Published ids stay in the dedup window: if this partition comes back from
-            # the committed offset, their records are duplicates of what was shown.
-            s.remembered = []
             if s.processed is not None:
                 covered.append((tp, s, s.processed))
                 s.published = s.processed
@@ -205,15 +196,12 @@ class Ledger:
                 s.committed = offset
 
     def withdraw(self, partitions: Iterable[Partition]) -> dict[Partition, int]:
-        """Drop the partitions, their pending counts and their ids from the dedup window;
-        returns their published positions, which the caller commits."""
+        """Drop the partitions and their pending counts (their records leave the log
+        windows when counting resumes: consumer/logwindow.py); returns their published
+        positions, which the caller commits."""
         offsets = self.committable(partitions, published=True)
         for tp in list(partitions):
-            s = self._states.pop(tp, None)
-            if s is None:
-                continue
-            for ids in s.remembered:
-                self._forget_ids(ids)
+            self._states.pop(tp, None)
         self.generation += 1
         return offsets
 

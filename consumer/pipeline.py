@@ -1,7 +1,7 @@
 """One batch of Kafka records, grouped by partition, to per-partition counts. Pure.
 
 records -> decode -> (the caller dead-letters the rejected) -> dedup (consumer/repeats.py:
-the partition's log window, then the claim store or the worker's window) -> aggregate.
+the partitions' log windows, then the claim store) -> aggregate.
 Counts stay per partition because each partition's counts can be withdrawn on
 their own (consumer/ledger.py): a partition handed to another worker before a
 scrape showed its counts is counted again by its next owner.
@@ -15,7 +15,6 @@ from typing import Protocol
 
 from consumer.aggregate import Buckets, SeriesKey, Totals, aggregate, newest_event_time
 from consumer.decode import DEFAULT_ENVELOPE, Decoded, Invalid, decode_many
-from consumer.dedup import DedupWindow
 from consumer.envelope import Envelope, Kind
 from consumer.logwindow import LogWindows
 
@@ -68,8 +67,6 @@ class Counted:
     """What one batch adds to one partition."""
 
     totals: dict[SeriesKey, Totals]
-    remembered: list[str]
-    """The dedup window's list of the ids counted here: forgotten if withdrawn."""
     next_offset: int
     last_timestamp: float
     """Kafka timestamp (s) of the partition's last record in the batch."""
@@ -120,6 +117,9 @@ class Candidates:
     ids: list[str]
     repeats: list[int]
     """Positions (in `ids`) of repeats within the partition's log window."""
+    elsewhere: list[int]
+    """Positions of the others whose id sits in another partition's window on this
+    worker: repeats too when no claim store decides across partitions."""
 
 
 def in_log(decoded: DecodedBatch, windows: LogWindows) -> dict[Partition, Candidates]:
@@ -132,20 +132,18 @@ def in_log(decoded: DecodedBatch, windows: LogWindows) -> dict[Partition, Candid
             offsets = list(map(_OFFSET, map(records.__getitem__, d.positions)))
         ids = list(map(_ID, d.events))
         first, end = records[0].offset, records[-1].offset + 1
-        out[tp] = Candidates(offsets, ids, windows.observe(tp, offsets, ids, first, end))
+        out[tp] = Candidates(offsets, ids, *windows.observe(tp, offsets, ids, first, end))
     return out
 
 
 def count(
     decoded: DecodedBatch,
-    dedup: DedupWindow | None,
     buckets: Buckets,
     admit: Callable[[SeriesKey, int], SeriesKey],
     repeats: Mapping[Partition, Sequence[int]] | None = None,
 ) -> BatchResult:
     """Aggregate each partition's events but the `repeats` (positions in its events,
-    already decided), then those `dedup` (the worker's own window, when no claim store
-    decides across partitions) has seen."""
+    already decided by the log windows and the claim store)."""
     out, newest, kinds = {}, None, Counter[Kind]()
     for tp, (records, d) in decoded.partitions.items():
         kinds.update(d.kinds)
@@ -153,23 +151,16 @@ def count(
         skip = set(repeats.get(tp, ())) if repeats else set()
         if skip:
             events = [e for i, e in enumerate(events) if i not in skip]
-        duplicates, remembered = (
-            dedup.admit(list(map(_ID, events)), tp) if dedup is not None else ([], [])
-        )
-        if duplicates:
-            again = set(duplicates)
-            events = [e for i, e in enumerate(events) if i not in again]
         when = newest_event_time(events)
         if when is not None and (newest is None or when > newest):
             newest = when
         last = records[-1]
         out[tp] = Counted(
             totals=aggregate(events, buckets, admit),
-            remembered=remembered,
             next_offset=last.offset + 1,
             last_timestamp=last.timestamp / 1000.0,
             counted=len(events),
-            duplicates=len(skip) + len(duplicates),
+            duplicates=len(skip),
             tombstones=d.tombstones,
             skipped=d.skipped,
         )

@@ -2,7 +2,8 @@
 the comparison with what Prometheus holds. Pure: no Kafka, no HTTP.
 
 The fold runs the pipeline `run` runs, step for step (consumer/pipeline.py): decode_batch,
-then the partitions' log windows (in_log), then count with the worker-wide window, so
+then the partitions' log windows (in_log: repeats in the partition's window, or in
+another partition's, as on one worker without a claim store), then count, so
 `reconcile` decides every record as one worker reading the whole range without a fault
 would. A second implementation would be a second set of rules to keep in step.
 """
@@ -15,7 +16,6 @@ from itertools import accumulate
 
 from consumer.aggregate import Buckets, SeriesKey, Totals
 from consumer.decode import DEFAULT_ENVELOPE
-from consumer.dedup import DedupWindow
 from consumer.envelope import Envelope
 from consumer.logwindow import LogWindows
 from consumer.metrics import COUNTERS, HISTOGRAMS, le_labels
@@ -62,14 +62,10 @@ class Fold:
     totals: dict[SeriesKey, Totals] = field(default_factory=dict)
     outcomes: Counter[str] = field(default_factory=Counter)
     _windows: LogWindows = field(init=False)
-    _cross: DedupWindow | None = field(init=False)
     _seen: set[str] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         self._windows = LogWindows(self.window)
-        # Without a store, run's worker-wide window catches repeats on other partitions
-        # that meet on one worker: here, one worker reads everything.
-        self._cross = None if self.once_per_range else DedupWindow(self.window)
 
     def warm(self, batch: Mapping[Partition, Sequence[Record]]) -> None:
         """Records before the range: into the log windows, counting nothing."""
@@ -78,11 +74,15 @@ class Fold:
     def add(self, batch: Mapping[Partition, Sequence[Record]]) -> None:
         decoded = self._decode(batch)
         candidates = in_log(decoded, self._windows)
-        repeats = {tp: c.repeats for tp, c in candidates.items()}
-        if self.once_per_range:
-            for tp, c in candidates.items():
-                repeats[tp] = self._repeats_anywhere(c.ids, c.repeats)
-        result = count(decoded, self._cross, self.buckets, _keep, repeats)
+        # Without a store, run's windows catch repeats on other partitions that meet on
+        # one worker: here, one worker reads everything.
+        repeats = {
+            tp: self._repeats_anywhere(c.ids, c.repeats)
+            if self.once_per_range
+            else sorted(c.repeats + c.elsewhere)
+            for tp, c in candidates.items()
+        }
+        result = count(decoded, self.buckets, _keep, repeats)
         for counted in result.partitions.values():
             for key, t in counted.totals.items():
                 have = self.totals.get(key)

@@ -1,14 +1,13 @@
 """Which records of a batch repeat a session that counts elsewhere: the dedup state.
 
-Three layers, each asked only about what the one before let through:
+Two layers, the second asked only about what the first let through:
 1. the partition's log window (consumer/logwindow.py): a function of the log alone, so
    same-key repeats count once through any restart, crash or rebalance. It is read back
    from Kafka (consumer/restore.py) when a partition's counting resumes somewhere new;
 2. with `--dedup-store`, the claim store shared by all replicas (consumer/claims.py):
-   repeats under other keys, on other partitions and replicas, count once;
-3. without it, the worker's own window of counted ids (consumer/dedup.py), best effort:
-   a repeat on another partition counts once only if both copies meet on this process
-   while the first is in its window.
+   repeats under other keys, on other partitions and replicas, count once. Without it,
+   best effort: a repeat on another partition counts once only if both copies meet in
+   the log windows of this worker (the first still in its partition's window).
 """
 
 import asyncio
@@ -20,7 +19,6 @@ from dataclasses import dataclass
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
 from consumer.claims import ClaimStore, PartitionClaims, StoreRefused, StoreUnavailable
-from consumer.dedup import DedupWindow
 from consumer.logwindow import LogWindows, Range
 from consumer.metrics import ConsumerMetrics
 from consumer.pipeline import DecodedBatch, Partition, in_log
@@ -57,6 +55,10 @@ def _claim(
     if not keep:
         return None
     return keep, PartitionClaims(tp[0], tp[1], [offsets[i] for i in keep], [ids[i] for i in keep])
+
+
+def _both(repeats: list[int], elsewhere: list[int]) -> list[int]:
+    return sorted(repeats + elsewhere) if repeats and elsewhere else repeats or elsewhere
 
 
 def open_store(settings: StoreSettings | None, group_id: str) -> ClaimStore | None:
@@ -99,7 +101,6 @@ class Repeats:
         reader: LogReader | None = None,
     ) -> None:
         self.windows = LogWindows(window)
-        self.cross = DedupWindow(window) if store is None else None
         self.store = store
         self._decode = decode
         self._metrics = metrics
@@ -114,11 +115,6 @@ class Repeats:
         tps = set(partitions)
         self._fresh |= tps
         self.windows.keep_only(tps)
-
-    def forget(self, ids: list[str]) -> None:
-        """Withdrawn counts: their ids leave the worker's window (the ledger calls this)."""
-        if self.cross is not None:
-            self.cross.forget(ids)
 
     async def prepare(self, batch: Batch) -> None:
         """Before a partition's first batch since its assignment: read back what its log
@@ -169,7 +165,9 @@ class Repeats:
             verdict.decoded.partitions.update(part.partitions)
             verdict.decoded.rejected.extend(part.rejected)
             c = in_log(part, self.windows)[tp]
-            verdict.repeats[tp] = c.repeats
+            verdict.repeats[tp] = (
+                c.repeats if self.store is not None else _both(c.repeats, c.elsewhere)
+            )
             if self.store is not None and (claim := _claim(tp, c.ids, c.offsets, c.repeats)):
                 keep, claims = claim
                 verdict.asked.append((tp, keep, asyncio.create_task(self._claim(claims))))

@@ -81,9 +81,7 @@ class Worker:
             open_store(settings.store, settings.group_id),
         )
         self.scrapers = Scrapers(settings.scraper_grace_intervals)
-        self.ledger = Ledger(
-            self.metrics.business.apply, self.repeats.forget, on_settled=self._scrapes_settled
-        )
+        self.ledger = Ledger(self.metrics.business.apply, on_settled=self._scrapes_settled)
         self.metrics.register_lag(self.partition_lag)
         self.fetcher = Fetcher(settings.auto_offset_reset, self._processed_position)
         self.metrics.register_unreadable(self.fetcher.unreadable)
@@ -469,9 +467,7 @@ class Worker:
             return False
         dead = await self._send_dead_letters(decoded.rejected)
         # From here on nothing awaits: the batch lands in the ledger whole.
-        result = count(
-            decoded, self.repeats.cross, self.buckets, self.metrics.business.admit, repeats
-        )
+        result = count(decoded, self.buckets, self.metrics.business.admit, repeats)
         for tp, counted in result.partitions.items():
             self.ledger.record(tp, batch[tp][0].offset, counted)
         self._count_outcomes(result, decoded.rejected, dead)

@@ -10,12 +10,12 @@ BUCKETS = Buckets((1.0,), (1.0,), (1.0,))
 
 def counted(next_offset: int) -> Counted:
     totals = Totals(BUCKETS)
-    return Counted({("w", "p"): totals}, [], next_offset, 0.0, 1, 0, 0, 0)
+    return Counted({("w", "p"): totals}, next_offset, 0.0, 1, 0, 0, 0)
 
 
 def ledger() -> tuple[Ledger, list[object]]:
     published: list[object] = []
-    return Ledger(published.append, lambda ids: None), published
+    return Ledger(published.append), published
 
 
 def test_only_a_served_fold_makes_its_positions_committable() -> None:

@@ -189,17 +189,19 @@ def test_a_range_that_starts_mid_partition_decides_repeats_as_the_whole_log_does
 
 def test_with_a_claim_store_each_session_counts_once_over_the_range_on_any_partition() -> None:
     events = list(SessionFactory(9).events(300))
-    # Each session on partition 0, and again under another key on partition 1, later.
+    others = list(SessionFactory(10).events(200))
+    # Each session on partition 0, and again under another key on partition 1, after 200
+    # other sessions there: read side by side, partition 1's copies come ever later.
     logs = [Log(), Log()]
     for e in events:
         logs[0].add(0, encode(e), e)
-    for e in events[::3]:
+    for e in others + events[::3]:
         logs[1].add(1, encode(e), e)
     once = normalized(fold_of(logs, once_per_range=True).samples())
-    assert differing(once, expected_samples(counted_once(events))) == []
-    # Without the store only the worker-wide window, WINDOW ids long, catches some of them.
-    sessions = fold_of(logs).outcomes["counted"]
-    assert len(events) < sessions < len(events) + len(events[::3])
+    assert differing(once, expected_samples(counted_once(events + others))) == []
+    # Without the store a copy is caught only while the first is in partition 0's window.
+    sessions = fold_of(logs).outcomes["counted"] - len(events) - len(others)
+    assert 0 < sessions < len(events[::3])
 
 
 def test_comparison_names_each_differing_sample_and_the_summary_adds_up() -> None:
