@@ -15,7 +15,6 @@ AREAS = (
     ("decode (msgspec)", "Decoder.decode"),
     ("decode (msgspec)", "consumer/decode.py"),
     ("aggregate", "consumer/aggregate.py"),
-    ("dedup", "consumer/dedup.py"),
     ("dedup", "consumer/logwindow.py"),
     ("dedup", "consumer/repeats.py"),
     ("dedup", "consumer/claims.py"),

@@ -21,8 +21,8 @@ once (the usual case) costs one dict entry, and a batch with no id known before 
 checked and taken in with two loops in C; eviction drops a whole batch's ids in C too.
 
 Memory: at most `size` ids per assigned partition, plus one batch (the window drops
-whole batches once they are all older than the window). About 170 bytes per id with its
-string (a 36-character id), so ~3.4 MB per partition at the default 20,000.
+whole batches once they are all older than the window). About 210 bytes per id with its
+string (a 36-character id), so ~4.4 MB per partition at the default 20,000.
 """
 
 import bisect
