@@ -12,6 +12,7 @@ import math
 import re
 import ssl
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,13 +39,28 @@ class PrometheusAuth:
     cafile: Path | None = None
 
 
+@dataclass(frozen=True)
+class Restart:
+    """A target that ran more than one worker process in the window (restarted in place):
+    its labels, and when each later process was first scraped."""
+
+    target: tuple[tuple[str, str], ...]
+    cuts: tuple[float, ...]
+
+    def matchers(self) -> str:
+        return ", ".join(f"{k}={json.dumps(v)}" for k, v in self.target)
+
+    def owns(self, labels: Iterable[tuple[str, str]]) -> bool:
+        return set(self.target) <= set(labels)
+
+
 class Prometheus:
     def __init__(self, url: str, auth: PrometheusAuth, selector: str = "") -> None:
         self.url = url.rstrip("/")
         self._auth = auth
-        self._selector = selector
+        self.selector = selector
 
-    def _session(self) -> aiohttp.ClientSession:
+    def session(self) -> aiohttp.ClientSession:
         headers = {}
         basic = None
         if self._auth.bearer_token is not None:
@@ -61,7 +77,7 @@ class Prometheus:
             connector=aiohttp.TCPConnector(ssl=context) if context else None,
         )
 
-    async def _get(self, http: aiohttp.ClientSession, path: str, **params: str) -> Any:
+    async def get(self, http: aiohttp.ClientSession, path: str, **params: str) -> Any:
         try:
             async with http.get(self.url + path, params=params) as response:
                 if response.status in (401, 403):
@@ -89,72 +105,77 @@ class Prometheus:
 
     async def retention_seconds(self) -> float | None:
         """How far back Prometheus keeps data by time (None: by size only, or not said)."""
-        async with self._session() as http:
-            info = await self._get(http, "/api/v1/status/runtimeinfo")
+        async with self.session() as http:
+            info = await self.get(http, "/api/v1/status/runtimeinfo")
         return retention_of(str(info.get("storageRetention", "")))
 
     async def totals(
         self, names: tuple[str, ...], since_ms: int | None
-    ) -> tuple[dict[Sample, float], int]:
-        """Every sample of `names`, summed over lifetimes, back to `since_ms`; and how many
-        targets restarted in place (their counters reset within one series)."""
+    ) -> tuple[dict[Sample, float], list[Restart]]:
+        """Every sample of `names`, summed over lifetimes, back to `since_ms`; and the
+        targets that restarted in place (their counters reset within one series)."""
         window = f"[{lookback(since_ms, time.time())}s]"
-        selector = f"{{{self._selector}}}" if self._selector else ""
+        selector = f"{{{self.selector}}}" if self.selector else ""
         out: dict[Sample, float] = {}
-        async with self._session() as http:
+        async with self.session() as http:
             for name in names:
                 by = "workspace_id, project_id" + (", le" if name.endswith("_bucket") else "")
                 promql = f"sum by ({by}) (last_over_time({name}{selector}{window}))"
-                for row in await self._query(http, promql):
+                for row in await self.query(http, promql):
                     out[_key(name, row["metric"])] = float(row["value"][1])
-            restarted = await self._restarted_targets(http, selector, window)
-            for target in restarted:
-                await self._add_earlier_lifetimes(http, out, names, target, window)
-        return out, len(restarted)
+            restarts = await self._restarts(http, selector, window)
+            for restart in restarts:
+                await self._add_earlier_lifetimes(http, out, names, restart, window)
+        return out, restarts
 
-    async def _query(self, http: aiohttp.ClientSession, promql: str) -> list[dict[str, Any]]:
-        rows: list[dict[str, Any]] = (await self._get(http, "/api/v1/query", query=promql))[
-            "result"
-        ]
+    async def query(
+        self, http: aiohttp.ClientSession, promql: str, at: float | None = None
+    ) -> list[dict[str, Any]]:
+        """An instant query's result, evaluated at `at` (Unix seconds; None: now)."""
+        params = {"query": promql} if at is None else {"query": promql, "time": f"{at:.3f}"}
+        rows: list[dict[str, Any]] = (await self.get(http, "/api/v1/query", **params))["result"]
         return rows
 
-    async def _restarted_targets(
+    async def _restarts(
         self, http: aiohttp.ClientSession, selector: str, window: str
-    ) -> list[dict[str, str]]:
+    ) -> list[Restart]:
         """Targets that ran more than one worker process: a worker restarted in place (same
         pod, same address) continues its old series from zero, so `last_over_time` sees
         only its last lifetime. Told by `process_start_time_seconds`, which every worker
-        exports: a counter's values alone cannot tell a restart that has counted back up."""
+        exports: a counter's values alone cannot tell a restart that has counted back up.
+        A process's lifetime begins at its first scrape, where the start time changes."""
         promql = f"changes(process_start_time_seconds{selector}{window}) > 0"
         targets = {
             tuple(sorted((k, v) for k, v in row["metric"].items() if k != "__name__"))
-            for row in await self._query(http, promql)
+            for row in await self.query(http, promql)
         }
-        return [dict(t) for t in sorted(targets)]
+        restarts = []
+        for target in sorted(targets):
+            matchers = Restart(target, ()).matchers()
+            starts = await self.query(http, f"process_start_time_seconds{{{matchers}}}{window}")
+            cuts = sorted(
+                float(b[0])
+                for row in starts
+                for a, b in itertools.pairwise(row["values"])
+                if a[1] != b[1]
+            )
+            if cuts:
+                restarts.append(Restart(target, tuple(cuts)))
+        return restarts
 
     async def _add_earlier_lifetimes(
         self,
         http: aiohttp.ClientSession,
         out: dict[Sample, float],
         names: tuple[str, ...],
-        target: dict[str, str],
+        restart: Restart,
         window: str,
     ) -> None:
         """Add the last value of each earlier lifetime of a restarted target, from the raw
         samples, cut where its process start time changes."""
-        matchers = ", ".join(f"{k}={json.dumps(v)}" for k, v in target.items())
-        starts = await self._query(http, f"process_start_time_seconds{{{matchers}}}{window}")
-        cuts = [
-            float(b[0])
-            for row in starts
-            for a, b in itertools.pairwise(row["values"])
-            if a[1] != b[1]
-        ]
-        if not cuts:
-            return
         for name in names:
-            for row in await self._query(http, f"{name}{{{matchers}}}{window}"):
-                earlier = _earlier_lifetimes(row["values"], cuts)
+            for row in await self.query(http, f"{name}{{{restart.matchers()}}}{window}"):
+                earlier = _earlier_lifetimes(row["values"], list(restart.cuts))
                 if earlier:
                     key = _key(name, row["metric"])
                     out[key] = out.get(key, 0.0) + earlier
@@ -197,8 +218,15 @@ _DURATION = re.compile(r"(\d+)(ms|s|m|h|d|w|y)")
 def retention_of(text: str) -> float | None:
     """Seconds of Prometheus's `storageRetention` ("15d", "1y2w", "15d or 10GiB")."""
     for piece in text.split(" or "):
-        part = piece.strip()
-        pieces = _DURATION.findall(part)
-        if pieces and "".join(n + u for n, u in pieces) == part:
-            return float(sum(int(n) * _UNITS[u] for n, u in pieces))
+        seconds = seconds_of(piece.strip())
+        if seconds is not None:
+            return seconds
+    return None
+
+
+def seconds_of(duration: str) -> float | None:
+    """Seconds of a Prometheus duration ("15s", "1m30s", "500ms"); None if it is not one."""
+    pieces = _DURATION.findall(duration)
+    if pieces and "".join(n + u for n, u in pieces) == duration:
+        return float(sum(int(n) * _UNITS[u] for n, u in pieces))
     return None

@@ -80,11 +80,11 @@ async def reconcile(s: ReconcileSettings, out: TextIO, err: TextIO) -> int:
     held = None
     _check_retention(read.first_timestamp_ms, retention)
     if prometheus is not None:
-        held, restarted = await prometheus.totals(sample_names(), read.first_timestamp_ms)
-        if restarted:
+        held, restarts = await prometheus.totals(sample_names(), read.first_timestamp_ms)
+        if restarts:
             log.info(
                 "targets restarted in place: their earlier lifetimes read from raw samples",
-                extra={"targets": restarted},
+                extra={"targets": len(restarts)},
             )
     log_samples = fold.samples()
     if held is not None:
