@@ -18,10 +18,12 @@ from aiokafka.errors import KafkaError
 from consumer import logrange
 from consumer.aggregate import Buckets
 from consumer.envelope import Envelope, Format
+from consumer.histforms import as_held
 from consumer.logrange import Plan, RangeError
 from consumer.metrics import HISTOGRAM_LABELS, HISTOGRAMS
+from consumer.promnative import native_forms
 from consumer.promquery import Prometheus, PrometheusAuth, PrometheusError
-from consumer.reconcile import Fold, Row, Sample, compare, sample_names, summarize
+from consumer.reconcile import Fold, Row, compare, sample_names, summarize
 from consumer.reconcile_output import as_json, differences_table, summary_line, totals_table
 from consumer.security import client_kwargs, raise_if_refused
 from consumer.settings import ReconcileSettings
@@ -77,7 +79,7 @@ async def reconcile(s: ReconcileSettings, out: TextIO, err: TextIO) -> int:
         "log range read",
         extra={"records": read.records, "seconds": round(seconds, 3), **fold.outcomes},
     )
-    held = None
+    held, forms = None, {}
     _check_retention(read.first_timestamp_ms, retention)
     if prometheus is not None:
         held, restarts = await prometheus.totals(sample_names(), read.first_timestamp_ms)
@@ -86,30 +88,15 @@ async def reconcile(s: ReconcileSettings, out: TextIO, err: TextIO) -> int:
                 "targets restarted in place: their earlier lifetimes read from raw samples",
                 extra={"targets": len(restarts)},
             )
+        families = [name for name, _, _, _ in HISTOGRAMS]
+        forms = await native_forms(prometheus, families, read.first_timestamp_ms, restarts)
     log_samples = fold.samples()
     if held is not None:
-        _without_native_only(log_samples, held, err)
+        for line in as_held(log_samples, held, forms):
+            print(line, file=err)
     rows = compare(log_samples, held)
     _print(rows, fold.outcomes, out, as_json_=s.format == "json")
     return EQUAL if all(r.equal for r in rows) else DIFFERS
-
-
-def _without_native_only(log: dict[Sample, float], held: dict[Sample, float], err: TextIO) -> None:
-    """A Prometheus that keeps only the native form of a histogram (native histograms on,
-    without `scrape_classic_histograms`) has none of its classic series: those are left
-    out of the comparison, with a line that says so, rather than reported as all missing."""
-    for name, _, _, _ in HISTOGRAMS:
-        classic = (f"{name}_bucket", f"{name}_count", f"{name}_sum")
-        if any(k[0] in classic for k in held) or not any(k[0] in classic for k in log):
-            continue
-        for key in [k for k in log if k[0] in classic]:
-            del log[key]
-        print(
-            f"session-metrics: warning: Prometheus holds no classic {name} series (native "
-            "histograms only?): its buckets, count and sum are not compared; set "
-            "scrape_classic_histograms: true to compare them",
-            file=err,
-        )
 
 
 def _prometheus(s: ReconcileSettings) -> Prometheus | None:
