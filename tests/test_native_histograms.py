@@ -2,8 +2,9 @@
 protobuf exposition and ingests the three histograms as native ones. Its
 histogram_count, histogram_sum and histogram_quantile agree with the produced events:
 counts and sums exactly, quantiles within one schema-3 bucket (9.05%). Prometheus fetches
-it gzipped and through basic auth, as in production; a worker without the option serves
-the same protobuf with classic histograms only, and Prometheus keeps those."""
+it gzipped and through basic auth, as in production; `reconcile` compares those counts
+and sums with the log's and finds them equal. A worker without the option serves the
+same protobuf with classic histograms only, and Prometheus keeps those."""
 
 import asyncio
 import math
@@ -19,8 +20,10 @@ from consumer.broker import free_port
 from consumer.produce import produce
 from consumer.settings import Settings
 from tests.conftest import Broker, TopicFactory, WorkerFactory, settings_for
-from tests.corpus import corpus
+from tests.corpus import corpus, expected_samples
+from tests.faults import committed, until
 from tests.promserver import one_target, prometheus_server
+from tests.reconcile_run import disagreements, reconcile
 from tests.test_prometheus import query
 
 pytestmark = [pytest.mark.broker, pytest.mark.prometheus]
@@ -83,7 +86,8 @@ async def test_prometheus_ingests_native_histograms_that_agree_with_the_events(
     prometheus = scraping.url
     topic = await new_topic(partitions=3)
     await produce(producer, topic, count=1500, rate=None, seed=71)
-    await start_worker(secured(broker, topic, scraping.password_file, native_histograms=True))
+    settings = secured(broker, topic, scraping.password_file, native_histograms=True)
+    await start_worker(settings)
     events = corpus(seed=71, count=1500)
     # histogram_count() answers only for native histograms: a classic one gives nothing.
     count = "sum(histogram_count(llm_session_cost_per_session))"
@@ -120,6 +124,26 @@ async def test_prometheus_ingests_native_histograms_that_agree_with_the_events(
             f'sum(histogram_count(llm_session_duration_seconds{{workspace_id="{workspace}"}}))',
         )
         assert got == sessions
+
+    # reconcile finds the histograms held natively only, and compares their counts and sums
+    # with the log's (counts that differ: tests/test_reconcile_broker.py).
+    async def all_committed() -> bool:
+        offsets = await committed(broker.bootstrap, settings.group_id, topic, 3)
+        return sum(offsets.values()) == 1500
+
+    await until(all_committed, 30, "the worker commits what Prometheus scraped")
+    run = await reconcile(
+        *("--bootstrap-servers", broker.bootstrap, "--topic", topic),
+        *("--group-id", settings.group_id, "--prometheus-url", prometheus, "--format", "json"),
+    )
+    assert run.code == 0, run.out + run.err
+    warnings = run.err.strip().splitlines()
+    assert len(warnings) == 3
+    assert all("as a native histogram: its count and sum are compared" in w for w in warnings)
+    rows = run.rows()
+    assert not [k for k in rows if k[0].endswith("_bucket")]
+    want = {k: v for k, v in expected_samples(events).items() if not k[0].endswith("_bucket")}
+    assert disagreements(rows, want, want) == []
 
 
 async def test_without_the_option_prometheus_gets_classic_histograms_in_protobuf(

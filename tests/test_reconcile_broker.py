@@ -6,6 +6,7 @@ line and exit 2."""
 
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -21,9 +22,11 @@ from tests.corpus import SampleKey, expected_samples
 from tests.faults import BATCH_COMMITS, FAST_GROUP, Worker, Workers, committed, until
 from tests.kafkabroker import KafkaBroker
 from tests.promserver import FileTargets, file_sd_config, prometheus_server, query
-from tests.reconcile_run import disagreements, reconcile, reconcile_process
+from tests.reconcile_run import Reconciled, disagreements, reconcile, reconcile_process
 
 pytestmark = [pytest.mark.broker]
+
+NATIVE = ("--enable-feature=native-histograms",)
 
 WINDOW = 40
 Entry = CreateSessionResponseBody | None
@@ -169,12 +172,19 @@ async def test_sessions_a_worker_committed_but_prometheus_never_scraped_are_foun
     loses it in Prometheus. The scrape is kept from happening on purpose (its target is
     taken away), so the loss is exactly the second batch of events. The worker then
     restarts in place (same address: its series go on from zero, as a container restarted
-    in its pod does) and counts a third batch: reconcile adds up both lifetimes."""
+    in its pod does) and counts a third batch: reconcile adds up both lifetimes. The
+    workers serve native histograms too; a second Prometheus, with native histograms on,
+    keeps only those, and reconcile finds the same loss in their counts and sums."""
     topic, group = await new_topic(partitions=2), f"g-{uuid.uuid4().hex[:8]}"
     first, lost = list(SessionFactory(41).events(300)), list(SessionFactory(42).events(200))
     third = list(SessionFactory(43).events(100))
     targets = FileTargets(tmp_path / "targets.json")
-    with prometheus_server(file_sd_config(targets.path, 0.5), tmp_path) as url:
+    (tmp_path / "native").mkdir()
+    config = file_sd_config(targets.path, 0.5)
+    with (
+        prometheus_server(config, tmp_path) as url,
+        prometheus_server(config, tmp_path / "native", NATIVE) as native,
+    ):
         group_args = (
             "--bootstrap-servers",
             broker.bootstrap,
@@ -184,15 +194,19 @@ async def test_sessions_a_worker_committed_but_prometheus_never_scraped_are_foun
             group,
         )
         no_wait = ("--handover-timeout", "0")  # nothing scrapes it at its stop anyway
-        workers = Workers(tmp_path, *group_args, *FAST_GROUP, *BATCH_COMMITS, *no_wait)
+        also_native = ("--native-histograms", "true")
+        workers = Workers(
+            tmp_path, *group_args, *FAST_GROUP, *BATCH_COMMITS, *no_wait, *also_native
+        )
+        both = Both(url, native)
         try:
             worker = await workers.start()
             targets.add(f"127.0.0.1:{worker.port}")
             await send(producer, topic, first)
-            await until(lambda: sessions(url, len(first)), 30, "Prometheus sees the first events")
+            await until(both(sessions, len(first)), 30, "Prometheus sees the first events")
             targets.targets.clear()
             targets.add(f"127.0.0.1:{free_port()}")  # nothing there: Prometheus drops the worker
-            await until(lambda: scraping_only_nothing(url), 15, "Prometheus drops the worker")
+            await until(both(scraping_only_nothing), 15, "Prometheus drops the worker")
             await send(producer, topic, lost)
             await until(
                 lambda: all_committed(broker, group, topic, len(first) + len(lost)),
@@ -206,26 +220,68 @@ async def test_sessions_a_worker_committed_but_prometheus_never_scraped_are_foun
             workers.started.append(await again.start())
             targets.add(f"127.0.0.1:{worker.port}")
             await send(producer, topic, third)
-            await until(lambda: now_shows(url, len(third)), 30, "Prometheus sees the third events")
+            await until(both(now_shows, len(third)), 30, "Prometheus sees the third events")
         finally:
             await workers.close()
         run = await reconcile(*group_args, "--prometheus-url", url, "--format", "json")
         table = await reconcile(*group_args, "--prometheus-url", url)
+        native_run = await reconcile(*group_args, "--prometheus-url", native, "--format", "json")
+        native_table = await reconcile(*group_args, "--prometheus-url", native)
 
     assert run.code == 1, run.err
-    rows = run.rows()
-    missing = {k: log - (held or 0.0) for k, (log, held) in rows.items()}
-    assert (
-        disagreements({k: (v, None) for k, v in missing.items()}, expected_samples(lost)) == []
-    ), "the differences are not exactly the sessions never scraped"
-    assert disagreements(rows, expected_samples(first + lost + third)) == []
+    assert_lost_exactly(run, lost, first + lost + third)
     assert table.code == 1
     lines = table.out.splitlines()
     assert lines[0].split() == ["series", "log", "prometheus", "difference"]
-    lost_series = {(e.workspace_id, e.project_id or "") for e in lost}
-    named = [f'llm_sessions_total{{workspace_id="{w}", project_id="{p}"}}' for w, p in lost_series]
-    assert all(any(line.startswith(n) for line in lines) for n in named)
+    assert_named(lines, "llm_sessions_total", lost)
     assert f"{len(first) + len(lost) + len(third)} counted" in table.out
+
+    assert (native_run.code, native_table.code) == (1, 1), native_run.err
+    assert not [k for k in native_run.rows() if k[0].endswith("_bucket")]
+    assert_lost_exactly(native_run, lost, first + lost + third, buckets=False)
+    assert_named(native_table.out.splitlines(), "llm_session_duration_seconds_count", lost)
+    assert "as a native histogram: its count and sum are compared" in native_table.err
+
+
+class Both:
+    """A check of a Prometheus server made on both servers of the test."""
+
+    def __init__(self, *servers: str) -> None:
+        self.servers = servers
+
+    def __call__(
+        self, check: Callable[..., Awaitable[bool]], *args: int
+    ) -> Callable[[], Awaitable[bool]]:
+        async def on_both() -> bool:
+            return all([await check(server, *args) for server in self.servers])
+
+        return on_both
+
+
+def assert_lost_exactly(
+    run: Reconciled,
+    lost: list[CreateSessionResponseBody],
+    produced: list[CreateSessionResponseBody],
+    buckets: bool = True,
+) -> None:
+    """The log side is every produced event, and Prometheus misses exactly `lost`."""
+
+    def compared(samples: dict[SampleKey, float]) -> dict[SampleKey, float]:
+        return {k: v for k, v in samples.items() if buckets or not k[0].endswith("_bucket")}
+
+    rows = run.rows()
+    missing = {k: log - (held or 0.0) for k, (log, held) in rows.items()}
+    assert (
+        disagreements({k: (v, None) for k, v in missing.items()}, compared(expected_samples(lost)))
+        == []
+    ), "the differences are not exactly the sessions never scraped"
+    assert disagreements(rows, compared(expected_samples(produced))) == []
+
+
+def assert_named(lines: list[str], metric: str, lost: list[CreateSessionResponseBody]) -> None:
+    series = {(e.workspace_id, e.project_id or "") for e in lost}
+    named = [f'{metric}{{workspace_id="{w}", project_id="{p}"}}' for w, p in series]
+    assert all(any(line.startswith(n) for line in lines) for n in named), named
 
 
 async def send(
