@@ -26,7 +26,7 @@ import time
 import tracemalloc
 import uuid
 from collections import deque
-from collections.abc import Callable, Sized
+from collections.abc import Callable, Sequence, Sized
 
 from consumer.logwindow import LogWindows
 
@@ -48,7 +48,7 @@ class _WindowBefore:
     def __len__(self) -> int:
         return len(self._seen)
 
-    def observe(self, _tp: object, _offsets: list[int], ids: list[str], *_: int) -> None:
+    def observe(self, _tp: object, _offsets: Sequence[int], ids: list[str], *_: int) -> None:
         seen = self._seen
         if seen.keys().isdisjoint(ids):
             seen.update(dict.fromkeys(ids))
@@ -122,7 +122,9 @@ def _feed(state: State, partitions: int, events: int) -> float:
             next_offset[p] += 1
         for p, (offsets, ids) in batch.items():
             started = time.perf_counter()
-            state.observe(("t", p), offsets, ids, offsets[0], offsets[-1] + 1)
+            # Consecutive offsets, all events: in_log hands the window a range, as here.
+            first, end = offsets[0], offsets[-1] + 1
+            state.observe(("t", p), range(first, end), ids, first, end)
             spent += time.perf_counter() - started
         del batch
     return spent

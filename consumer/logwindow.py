@@ -21,8 +21,8 @@ once (the usual case) costs one dict entry, and a batch with no id known before 
 checked and taken in with two loops in C; eviction drops a whole batch's ids in C too.
 
 Memory: at most `size` ids per assigned partition, plus one batch (the window drops
-whole batches once they are all older than the window). About 210 bytes per id with its
-string (a 36-character id), so ~4.4 MB per partition at the default 20,000.
+whole batches once they are all older than the window). About 180 bytes per id with its
+string (a 36-character id), so ~3.6 MB per partition at the default 20,000.
 """
 
 import bisect
@@ -49,7 +49,8 @@ class _Chunk:
     """Offset of the first record the chunk covers (not necessarily an event's)."""
     last: int
     """Offset of the last record it covers."""
-    offsets: list[int]
+    offsets: Sequence[int]
+    """A range for a batch of consecutive events (no int held per id), else a list."""
     ids: list[str]
     checked: bool = False
     """Some of its ids may no longer map to it (seen again since, or taken in again): on
@@ -91,7 +92,7 @@ class PartitionWindow:
         those, among the others, whose id sits in another partition's window. The window
         keeps the lists it is given (lists: the caller's, not copied)."""
         where = self._where
-        chunk = _Chunk(self, first, end - 1, _as_list(offsets), _as_list(ids))
+        chunk = _Chunk(self, first, end - 1, _held(offsets), _as_list(ids))
         repeats: list[int] = []
         elsewhere: list[int] = []
         if where.keys().isdisjoint(ids):
@@ -219,6 +220,10 @@ def _worker_dict() -> "dict[object, _Chunk]":
 
 def _as_list(values: Sequence[Any]) -> list[Any]:
     return values if type(values) is list else list(values)
+
+
+def _held(offsets: Sequence[int]) -> Sequence[int]:
+    return offsets if type(offsets) is range else _as_list(offsets)
 
 
 PIECE = 2048

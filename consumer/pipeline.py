@@ -113,7 +113,9 @@ def decode_batch(
 class Candidates:
     """One partition's events of a batch, with the log window's verdict."""
 
-    offsets: list[int]
+    offsets: Sequence[int]
+    """A range when every record of the batch is an event and no offset is skipped (the
+    usual batch): nothing to build, and nothing held per id in the log window."""
     ids: list[str]
     repeats: list[int]
     """Positions (in `ids`) of repeats within the partition's log window."""
@@ -126,12 +128,15 @@ def in_log(decoded: DecodedBatch, windows: LogWindows) -> dict[Partition, Candid
     """Each partition's events against its log window (consumer/logwindow.py)."""
     out = {}
     for tp, (records, d) in decoded.partitions.items():
+        first, end = records[0].offset, records[-1].offset + 1
+        offsets: Sequence[int]
         if len(d.positions) == len(records):  # every record an event: the usual batch
-            offsets = list(map(_OFFSET, records))
+            offsets = range(first, end)
+            if len(offsets) != len(records):  # offsets skipped: transaction markers
+                offsets = list(map(_OFFSET, records))
         else:
             offsets = list(map(_OFFSET, map(records.__getitem__, d.positions)))
         ids = list(map(_ID, d.events))
-        first, end = records[0].offset, records[-1].offset + 1
         out[tp] = Candidates(offsets, ids, *windows.observe(tp, offsets, ids, first, end))
     return out
 

@@ -13,7 +13,7 @@ Two layers, the second asked only about what the first let through:
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
@@ -44,7 +44,7 @@ async def _let_it_go_out() -> None:
 
 
 def _claim(
-    tp: Partition, ids: list[str], offsets: list[int], repeats: list[int]
+    tp: Partition, ids: list[str], offsets: Sequence[int], repeats: list[int]
 ) -> tuple[list[int], PartitionClaims] | None:
     """What a partition's events claim: all but the log window's repeats."""
     if not repeats:

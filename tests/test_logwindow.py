@@ -12,7 +12,7 @@ from consumer.aggregate import Buckets
 from consumer.claims import MemoryClaims, PartitionClaims
 from consumer.logwindow import LogWindows, PartitionWindow
 from consumer.metrics import ConsumerMetrics
-from consumer.pipeline import decode_batch
+from consumer.pipeline import decode_batch, in_log
 from consumer.repeats import Repeats
 from consumer.synthetic import SessionFactory, encode
 
@@ -342,3 +342,20 @@ async def test_with_a_store_the_store_alone_decides_across_partitions() -> None:
     """The claim is partition 1's own position, so its copy counts there (and the one on
     partition 0 is the repeat), although partition 0's window holds the id."""
     assert await judged(MemoryClaims(3600)) == {("t", 0): [1], ("t", 1): []}
+
+
+def test_a_batch_with_skipped_offsets_is_judged_at_its_records_own_offsets() -> None:
+    """Offsets a batch skips (transaction markers) are no events: a repeat 4 records
+    back by offset is outside a window of 3, however few records lie between."""
+    first, second = SessionFactory(4).events(2)
+    tp = TopicPartition("t", 0)
+    windows = LogWindows(3)
+    gapped = [(0, first), (1, second), (4, first)]
+    batch = {tp: [KafkaRec("t", 0, o, encode(e)) for o, e in gapped]}
+    (c,) = in_log(decode_batch(batch, 1 << 20), windows).values()
+    assert list(c.offsets) == [0, 1, 4]
+    assert c.repeats == []
+    batch = {tp: [KafkaRec("t", 0, o, encode(second)) for o in (5, 6)]}
+    (c,) = in_log(decode_batch(batch, 1 << 20), windows).values()
+    assert list(c.offsets) == [5, 6]
+    assert c.repeats == [1]
