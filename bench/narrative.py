@@ -15,27 +15,27 @@ STORE = "project + store"
 AB = """
 Against the code before this dedup (7fb233c: one worker-wide window of the last 100,000
 ids, no log windows, no store), the default mode in one run of `python -m bench.ab`
-(500,000 events, Tansu, 6 alternating rounds, medians, on an otherwise idle machine; CPU
+(500,000 events, Tansu, 8 alternating rounds, medians, on an otherwise idle machine; CPU
 is the worker's user and system time over the timed span, less moved than the wall time
 by other work on the machine):
 
 | arm | events/s | x before | CPU µs/event | x before | peak RSS | RSS once read |
 |---|---:|---:|---:|---:|---:|---:|
-| before (7fb233c) | 178,359 | 1.00 | 5.59 | 1.00 | 111 MB | 102 MB |
-| after, defaults | 148,103 | 0.83 | 6.65 | 1.19 | 129 MB | 123 MB |
-| after, `--dedup-window 0` | 178,940 | 1.00 | 5.57 | 1.00 | 95 MB | 87 MB |
+| before (7fb233c) | 189,544 | 1.00 | 5.27 | 1.00 | 112 MB | 105 MB |
+| after, defaults | 185,221 | 0.98 | 5.38 | 1.02 | 124 MB | 118 MB |
+| after, `--dedup-window 0` | 190,302 | 1.00 | 5.24 | 0.99 | 95 MB | 90 MB |
 
-The default mode read **17% fewer events/s** than before (limit: 5%): **NOT met**.
-Without the dedup state it reads exactly as fast as before, so the cost is the state's:
-about 1.1 µs of CPU per event and ~36 MB of RSS once the corpus is read. Timed inside the
-worker, the log windows take ~0.4 µs per event and the worker's own window ~0.2 µs (two
-dict probes, two inserts and two deletions per id, on dicts of 20,000 ids per partition
-and 20,000 for the worker); the rest is the same work done by everything else with ~20 MB
-more of live ids around it (the in-process benchmark below, which keeps the windows warm
-in the cache, sees only the direct part). The run before that one, before the log
-window stopped looking each id up again on eviction, measured -25%. What would close the
-rest: the windows in a C extension, or a window of fewer records (the cost per event does
-not depend on the size, its memory and cache footprint does)."""
+The default mode read **2.3% fewer events/s** than before (limit: 5%): **met**, with
+2% more CPU per event and ~28 MB more RSS once the corpus is read (the log windows'
+ids). Two runs before, with a dict of ids per partition plus a worker-wide window of
+counted ids, it read 17% fewer; what closed it, each measured in an A/B of its own:
+one dict of ids for all partitions of a worker, which finds a copy on another
+partition in the same lookup (the worker-wide window is gone); that dict kept in
+CPython's general layout, whose entries hold each key's hash, so a lookup that meets
+another id does not read that id's string, cold in memory (+9.7% events/s on its
+own); and a batch of consecutive events handing its offsets on as a range, so no int
+is built or held per id. The rounds move by up to 30% with other work on the
+machine: compare the medians of one run only."""
 
 
 RECONCILE = """
@@ -319,8 +319,8 @@ idle, mostly the group join and the tail):
 
 Measured separately, in-process with timers around each step (300k events):
 the worker spends about 4.5 µs of CPU per event; decode (msgspec) ~1.05 µs,
-aggregation ~0.75 µs, dedup ~0.2 µs (the worker-wide window alone, before the
-per-partition log windows: see above), the rest of the batch step ~0.15 µs, and
+aggregation ~0.75 µs, dedup ~0.2 µs (measured when it was one worker-wide window;
+the log windows' own figure is above), the rest of the batch step ~0.15 µs, and
 the remainder is aiokafka's fetch, parse and record building.
 
 What stands between the project and 0.80 x ceiling: 0.80 would be
