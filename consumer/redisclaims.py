@@ -2,10 +2,11 @@
 
 One round trip per batch, whatever its size: a Lua script gets the whole batch as one
 msgpack blob and answers with one string, a '1' (counts) or '0' (repeat) per record in
-batch order. Scripts run atomically, so two replicas never both win one id, and an id that
-appears twice in one batch is claimed by the first in order. The script only adds claims
-that were missing, never moves one, so a call retried after a lost reply gives the same
-answers.
+batch order. Scripts run atomically, so two replicas never both win one id. An id that
+appears twice in one batch is claimed by the first in order: the later copies are not
+sent (they are repeats, or the same record twice), so the script never has to remember
+what it claimed earlier in the call. The script only adds claims that were missing,
+never moves one, so a call retried after a lost reply gives the same answers.
 
 Claims live in hashes, one per span of a quarter of `--dedup-store-ttl` (the span's
 number, from Redis's own clock, ends the key): field the session id, value the claiming
@@ -30,6 +31,7 @@ Redis (or a primary with replicas), not a cluster.
 import asyncio
 import ssl
 from collections.abc import Awaitable, Sequence
+from itertools import chain
 from typing import Any, TypeVar
 
 import msgspec
@@ -56,9 +58,11 @@ local span = math.floor((now[1] * 1000 + math.floor(now[2] / 1000)) / width)
 local hashes = {}
 for j = 0, spans do hashes[j + 1] = prefix .. string.format('%d', span - j) end
 redis.call('UNLINK', prefix .. string.format('%d', span - spans - 1))
-local out, n, fresh = {}, 0, {}
+local out, n = {}, 0
 for _, part in ipairs(cmsgpack.unpack(ARGV[3])) do
   local at, ids, offsets = part[1], part[2], part[3]
+  -- consecutive offsets come as the first one alone
+  local first = type(offsets) == 'number' and offsets
   -- in chunks: unpack() of more than ~8000 values overflows Lua's C stack
   for lo = 1, #ids, 2000 do
     local hi = math.min(lo + 1999, #ids)
@@ -66,17 +70,16 @@ for _, part in ipairs(cmsgpack.unpack(ARGV[3])) do
     for j = 1, #hashes do found[j] = redis.call('HMGET', hashes[j], unpack(ids, lo, hi)) end
     local new, m = {}, 0
     for i = lo, hi do
+      local id, o = ids[i], first and first + i - 1 or offsets[i]
       -- a number joins as %.14g: exact below 1e14, and cheaper than string.format
-      local id, o = ids[i], offsets[i]
       local mine = o < 1e14 and at .. o or at .. string.format('%d', o)
-      local held = fresh[id]
+      local held = false
       for j = 1, #found do
-        if held then break end
         held = found[j][i - lo + 1]
+        if held then break end
       end
       n = n + 1
       if not held then
-        fresh[id] = mine
         new[m + 1] = id
         new[m + 2] = mine
         m = m + 2
@@ -118,8 +121,19 @@ class RedisClaims:
     async def claim(self, batch: Sequence[PartitionClaims]) -> list[list[bool]]:
         if not batch:
             return []
+        total = sum(len(p.ids) for p in batch)
+        if len(set(chain.from_iterable(p.ids for p in batch))) == total:  # the usual call
+            return await self._claim_distinct(batch)
+        # Rare: the first copies claim first; the later copies then meet, in a second
+        # call, the claim each first copy made or found (every id holds one by then, so
+        # that call only compares, and copies among them need no care).
+        firsts, later, where = _first_copies(batch)
+        answers = await self._claim_distinct(firsts), await self._claim_distinct(later)
+        return [[answers[rest][k][i] for rest, i in part] for k, part in enumerate(where)]
+
+    async def _claim_distinct(self, batch: Sequence[PartitionClaims]) -> list[list[bool]]:
         packed = self._encoder.encode(
-            [(f"{p.topic}:{p.partition}:", _plain(p.ids), _plain(p.offsets)) for p in batch]
+            [(f"{p.topic}:{p.partition}:", _plain(p.ids), _offsets(p)) for p in batch]
         )
         reply: bytes = await self._call(
             self._script(args=[self._prefix, self._ttl_ms, packed, SPANS])
@@ -191,6 +205,38 @@ def connect(settings: StoreSettings, key_prefix: str) -> RedisClaims:
 
 
 _AS_BOOL_BYTES = bytes.maketrans(b"01", b"\x00\x01")
+
+
+def _first_copies(
+    batch: Sequence[PartitionClaims],
+) -> tuple[list[PartitionClaims], list[PartitionClaims], list[list[tuple[int, int]]]]:
+    """The batch split into each id's first copy and the later copies; and for every
+    record, where its answer will be: (0, i) among the first copies of its part, (1, i)
+    among the later ones."""
+    seen: set[str] = set()
+    firsts, later, where = [], [], []
+    for p in batch:
+        parts: tuple[tuple[list[int], list[str]], ...] = (([], []), ([], []))
+        at = []
+        for offset, session_id in zip(p.offsets, p.ids, strict=True):
+            rest = int(session_id in seen)
+            seen.add(session_id)
+            offsets, ids = parts[rest]
+            at.append((rest, len(ids)))
+            offsets.append(offset)
+            ids.append(session_id)
+        firsts.append(PartitionClaims(p.topic, p.partition, *parts[0]))
+        later.append(PartitionClaims(p.topic, p.partition, *parts[1]))
+        where.append(at)
+    return firsts, later, where
+
+
+def _offsets(p: PartitionClaims) -> int | Sequence[int]:
+    """Consecutive offsets as the first one: nothing per record to pack or unpack."""
+    o = p.offsets
+    if type(o) is range and o.step == 1 and len(o) == len(p.ids) and len(o):
+        return o.start
+    return _plain(o)
 
 
 def _plain(values: Sequence[Any]) -> Sequence[Any]:
