@@ -102,10 +102,26 @@ def _store_cpu(r: "Results") -> str:
         return ""
     wall = 1e6 / store["events_per_second"] - 1e6 / project["events_per_second"]
     cpu = store["cpu_us_per_event"] - project["cpu_us_per_event"]
+    own = "none" if abs(cpu) < 0.05 else f"{cpu:.1f} µs"
     return f"""
-Per event that is {wall:.1f} µs more wall time, of which {cpu:.1f} µs is the worker's own
+Per event that is {wall:.1f} µs more wall time, of which {own} is the worker's own
 CPU ({project["cpu_us_per_event"]:.2f} -> {store["cpu_us_per_event"]:.2f} µs); the rest is
 waiting for Redis, whose script takes ~3 µs per claim (`consumer/redisclaims.py`)."""
+
+
+def _store_elsewhere(r: "Results") -> str:
+    """The store's ratio on the run's other brokers, which share the cores differently."""
+    out = []
+    for name, other in r.others.items():
+        c = other.contenders
+        if STORE in c and "project" in c:
+            ratio = c[STORE]["events_per_second"] / c["project"]["events_per_second"]
+            out.append(f"{ratio:.2f}x on {name}")
+    if not out:
+        return ""
+    return f"""
+In the same run: {", ".join(out)} (a broker that takes more of the two cores leaves
+Redis less of them)."""
 
 
 def dedup_cost(r: "Results") -> str:
@@ -121,7 +137,7 @@ With `--dedup-store` the project read {ratio:.2f}x the events/s of the default m
 in this run (target >= 0.8: {"met" if ratio >= 0.8 else "NOT met"}). A batch's claims
 are out while the worker fetches and decodes the next batch, so the worker and Redis
 work side by side, but Redis runs on the same two cores as the broker and the
-worker.{_store_cpu(r)}
+worker.{_store_cpu(r)}{_store_elsewhere(r)}
 A round left {st["claims"]:,.0f} claims in Redis, {st["used_mb"]:.0f} MB, about
 {st["claim_bytes"]:.0f} bytes each (a field per session id in a hash per quarter of
 `--dedup-store-ttl`, an hour by default).
