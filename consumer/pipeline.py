@@ -123,6 +123,12 @@ class Candidates:
     """Positions of the others whose id sits in another partition's window on this
     worker: repeats too when no claim store decides across partitions."""
 
+    def without_store(self) -> list[int]:
+        """The positions a worker without a claim store skips, in order: both kinds."""
+        if self.repeats and self.elsewhere:
+            return sorted(self.repeats + self.elsewhere)
+        return self.repeats or self.elsewhere
+
 
 def in_log(decoded: DecodedBatch, windows: LogWindows) -> dict[Partition, Candidates]:
     """Each partition's events against its log window (consumer/logwindow.py)."""

@@ -79,7 +79,7 @@ class Fold:
         repeats = {
             tp: self._repeats_anywhere(c.ids, c.repeats)
             if self.once_per_range
-            else sorted(c.repeats + c.elsewhere)
+            else c.without_store()
             for tp, c in candidates.items()
         }
         result = count(decoded, self.buckets, _keep, repeats)

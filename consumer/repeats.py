@@ -57,10 +57,6 @@ def _claim(
     return keep, PartitionClaims(tp[0], tp[1], [offsets[i] for i in keep], [ids[i] for i in keep])
 
 
-def _both(repeats: list[int], elsewhere: list[int]) -> list[int]:
-    return sorted(repeats + elsewhere) if repeats and elsewhere else repeats or elsewhere
-
-
 def open_store(settings: StoreSettings | None, group_id: str) -> ClaimStore | None:
     """The claim store of `--dedup-store`, its keys apart for each consumer group."""
     if settings is None:
@@ -165,9 +161,7 @@ class Repeats:
             verdict.decoded.partitions.update(part.partitions)
             verdict.decoded.rejected.extend(part.rejected)
             c = in_log(part, self.windows)[tp]
-            verdict.repeats[tp] = (
-                c.repeats if self.store is not None else _both(c.repeats, c.elsewhere)
-            )
+            verdict.repeats[tp] = c.repeats if self.store is not None else c.without_store()
             if self.store is not None and (claim := _claim(tp, c.ids, c.offsets, c.repeats)):
                 keep, claims = claim
                 verdict.asked.append((tp, keep, asyncio.create_task(self._claim(claims))))
